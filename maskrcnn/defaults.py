@@ -1,0 +1,49 @@
+"""The defaults tree: every configuration key, its default value, and why.
+
+Each leaf is declared as ``K(default, "what it does; why this default")``. The type of a key is the
+type of its default (an int is accepted where a float is expected; a list's element type is the type
+of its first element), unless ``type=`` names it explicitly, which is needed for keys whose default
+is ``None`` or an empty list. ``maskrcnn.config`` reads this tree, checks YAML files and command-line
+overrides against it, and refuses unknown keys.
+
+The model defaults reproduce torchvision's ``maskrcnn_resnet50_fpn`` (v1) exactly (see
+``../shared/DESIGN.md`` and ``docs/architecture.md``), so that torchvision checkpoints load and
+give the same outputs. Sections are owned by the part of the code that reads them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class K:
+    """A configuration leaf: default value, a one-line explanation, and optionally its type."""
+
+    default: Any
+    doc: str
+    type: Optional[type] = None  # element type for lists; value type for None defaults
+
+
+DEFAULTS = {
+    "output_dir": K("output", "Folder for checkpoints, metrics and predictions of a run."),
+    "seed": K(0, "Seed for Python, NumPy and torch RNGs; a fixed seed makes runs reproducible."),
+    "device": K("auto", "'auto' picks CUDA when available, else CPU; or 'cpu', 'cuda', 'cuda:1'."),
+    "input": {
+        "min_size": K(800, "Resize so the short side is this many pixels (torchvision min_size=800)."),
+        "max_size": K(1333, "Cap on the long side after resizing (torchvision max_size=1333)."),
+        "size_divisible": K(32, "Pad the batch to a multiple of this, so every FPN stride divides it."),
+        "pixel_mean": K([0.485, 0.456, 0.406], "ImageNet RGB mean, in [0, 1] units (images are in [0, 1])."),
+        "pixel_std": K([0.229, 0.224, 0.225], "ImageNet RGB std; the backbone was pre-trained with these."),
+    },
+    "model": {
+        "num_classes": K(13, "Object categories, background excluded (ModaNet has 13; torchvision's 14 = 13 + 1)."),
+    },
+    "solver": {
+        "ims_per_batch": K(16, "Global batch: images per iteration summed over all processes (detectron2 1x)."),
+        "base_lr": K(0.02, "SGD learning rate for ims_per_batch=16 (linear scaling rule of Goyal et al.)."),
+        "momentum": K(0.9, "SGD momentum, the value every Mask R-CNN recipe uses."),
+        "weight_decay": K(1e-4, "L2 weight decay of the 1x recipe."),
+        "max_iter": K(90000, "Training length in iterations (the COCO 1x schedule at batch 16)."),
+    },
+}
