@@ -57,11 +57,23 @@ class Config(dict):
 
     def dump(self, path: Optional[str] = None) -> str:
         """The config as YAML text; also written to ``path`` when given. ``load_config(path)`` reads it back."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        text = yaml.dump(self.to_dict(), Dumper=_ConfigDumper, sort_keys=False)
         if path is not None:
             with open(path, "w") as f:
                 f.write(text)
         return text
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Sections in block style, lists of scalars on one line: `steps: [60000, 80000]`."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list):
+    flow = all(not isinstance(v, (list, dict)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ConfigDumper.add_representer(list, _represent_list)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +254,33 @@ def config_from_dict(data: Mapping, source: str = "checkpoint") -> Config:
     return cfg
 
 
+def commented_defaults_yaml() -> str:
+    """The whole defaults tree as YAML, each key preceded by its explanation as a comment.
+
+    ``configs/base.yaml`` is this text (regenerate it with ``python -m maskrcnn.config > configs/base.yaml``),
+    so the file a user copies and edits documents every key it contains.
+    """
+    lines = [
+        "# The defaults tree of maskrcnn, written out with the explanation of every key.",
+        "# Generated from maskrcnn/defaults.py by `python -m maskrcnn.config > configs/base.yaml`.",
+        "# The model keys reproduce torchvision's maskrcnn_resnet50_fpn (v1). Other configs start with",
+        "# `_base_: base.yaml` and override only what differs.",
+    ]
+
+    def walk(tree: Mapping, indent: str) -> None:
+        for name, node in tree.items():
+            if isinstance(node, Mapping):
+                lines.append(f"{indent}{name}:")
+                walk(node, indent + "  ")
+            else:
+                lines.append(f"{indent}# {node.doc}")
+                value = yaml.dump({name: node.default}, Dumper=_ConfigDumper, sort_keys=False).rstrip()
+                lines.append(f"{indent}{value}")
+
+    walk(DEFAULTS, "")
+    return "\n".join(lines) + "\n"
+
+
 def describe_keys() -> str:
     """Every key with its default and explanation, one per line (for `--help`-style listings and docs)."""
     lines = []
@@ -255,3 +294,7 @@ def describe_keys() -> str:
 
     walk(DEFAULTS, "")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(commented_defaults_yaml(), end="")
