@@ -1,0 +1,266 @@
+"""The common per-image record that every dataset adapter produces, and the mask/box helpers on it.
+
+A *record* is a plain ``dict`` describing one image and its instances, whatever the source format
+(COCO JSON, the iMaterialist CSV, DeepFashion2's per-image JSON)::
+
+    {
+        "file_name": "/abs/or/images_dir-joined/path.jpg",   # str
+        "image_id": 17,                                       # int, unique within a record list
+        "height": 600, "width": 400,                          # int, size of the image on disk
+        "annotations": [                                      # one dict per instance, may be empty
+            {
+                "bbox": [x1, y1, x2, y2],      # float, absolute pixels, no "+1" (width = x2 - x1)
+                "category_id": 3,              # int in 1..K (0 is background), after category mapping
+                "segmentation": ...,           # list of polygons [[x0, y0, x1, y1, ...], ...]
+                                               # or a COCO RLE dict {"size": [h, w], "counts": str | list}
+                "iscrowd": 0,                  # int 0/1 (COCO's crowd flag)
+                "attribute_ids": [12, 40],     # optional: Fashionpedia / iMaterialist attributes
+                "id": 5,                       # optional: the source annotation id
+            },
+        ],
+    }
+
+Records are plain dicts (not a class) so they pickle cheaply into DataLoader workers and print
+readably. :func:`validate_record` checks one against this schema. The class names travel beside the
+records in a :class:`RecordSet` (label ``k`` is ``class_names[k - 1]``; background is label 0 and has
+no entry), which ``maskrcnn.data.load_dataset`` returns.
+
+Mask and box conventions (DESIGN.md): a box computed from a binary mask spans whole pixels,
+``[x_min, y_min, x_max + 1, y_max + 1]`` of the mask's pixel indices; a polygon's box is the min/max
+of its vertices. pycocotools rasterizes a polygon so that the two agree for integer vertices.
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+__all__ = [
+    "RecordSet",
+    "validate_record",
+    "segmentation_to_mask",
+    "segmentation_area",
+    "polygons_to_box",
+    "mask_to_box",
+    "masks_to_boxes",
+    "xywh_to_xyxy",
+]
+
+
+@dataclass
+class RecordSet:
+    """Records of one dataset split plus the class names their ``category_id`` values refer to.
+
+    Attributes:
+        records: list of record dicts (see the module docstring).
+        class_names: K names; label ``k`` (1..K) is ``class_names[k - 1]``; background is not listed.
+        source: where the records came from (annotation file or folder), for messages.
+    """
+
+    records: list = field(default_factory=list)
+    class_names: list = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of object classes (background excluded), as in ``model.num_classes``."""
+        return len(self.class_names)
+
+
+def xywh_to_xyxy(box) -> list:
+    """COCO ``[x, y, w, h]`` -> ``[x1, y1, x2, y2]`` as floats."""
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_polygons(polygons, where: str) -> None:
+    """Raise ValueError unless ``polygons`` is a non-empty list of flat [x, y, ...] lists of >= 3 points."""
+    if not isinstance(polygons, list) or not polygons:
+        raise ValueError(f"{where}: expected a non-empty list of polygons")
+    for i, polygon in enumerate(polygons):
+        if not isinstance(polygon, (list, tuple)) or not all(_is_number(v) for v in polygon):
+            raise ValueError(f"{where}[{i}]: expected a flat list of numbers [x0, y0, x1, y1, ...]")
+        if len(polygon) % 2:
+            raise ValueError(f"{where}[{i}]: odd number of coordinates ({len(polygon)})")
+        if len(polygon) < 6:
+            raise ValueError(f"{where}[{i}]: polygon with fewer than 3 points ({len(polygon) // 2})")
+
+
+def _check_rle(rle: dict, height: int, width: int, where: str) -> None:
+    """Raise ValueError unless ``rle`` is a COCO RLE dict of size (height, width)."""
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2):
+        raise ValueError(f"{where}.size: expected [height, width], got {size!r}")
+    if [int(size[0]), int(size[1])] != [int(height), int(width)]:
+        raise ValueError(
+            f"{where}.size: RLE of the wrong size {list(size)}, the image is [{height}, {width}]")
+    if isinstance(counts, list):
+        if not all(isinstance(c, numbers.Integral) and c >= 0 for c in counts):
+            raise ValueError(f"{where}.counts: expected non-negative integers")
+        if sum(counts) != height * width:
+            raise ValueError(
+                f"{where}.counts: runs sum to {sum(counts)}, expected height*width = {height * width}")
+    elif not isinstance(counts, (str, bytes)):
+        raise ValueError(f"{where}.counts: expected a string (compressed) or a list (uncompressed)")
+
+
+def _to_rle(segmentation, height: int, width: int, where: str) -> dict:
+    """Any supported segmentation -> one compressed pycocotools RLE (counts as bytes)."""
+    if isinstance(segmentation, dict):
+        _check_rle(segmentation, height, width, where)
+        counts = segmentation["counts"]
+        if isinstance(counts, list):  # uncompressed RLE -> compressed
+            return coco_mask.frPyObjects(segmentation, height, width)
+        if isinstance(counts, str):
+            counts = counts.encode("ascii")
+        return {"size": [int(height), int(width)], "counts": counts}
+    _check_polygons(segmentation, where)
+    # Note: pycocotools would read a 4-number "polygon" as a box; _check_polygons rules that out.
+    rles = coco_mask.frPyObjects([list(map(float, p)) for p in segmentation], height, width)
+    return coco_mask.merge(rles)
+
+
+def segmentation_to_mask(segmentation, height: int, width: int, where: str = "segmentation") -> np.ndarray:
+    """Rasterize a record's segmentation into a binary mask.
+
+    Args:
+        segmentation: list of polygons ``[[x0, y0, x1, y1, ...], ...]`` (pixel coordinates, each with at
+            least 3 points), a compressed COCO RLE ``{"size": [h, w], "counts": str | bytes}``, or an
+            uncompressed one ``{"size": [h, w], "counts": [int, ...]}`` (column-major runs, zeros first).
+        height, width: size of the image the segmentation belongs to.
+        where: names the field in error messages, e.g. ``"modanet.json: annotations[3].segmentation"``.
+
+    Returns:
+        ``uint8`` array of shape (height, width) with values 0/1. Several polygons are unioned.
+
+    Raises:
+        ValueError naming ``where`` for malformed input: fewer than 3 points, an odd coordinate count,
+        an RLE whose size differs from (height, width) or whose runs do not sum to height * width.
+    """
+    rle = _to_rle(segmentation, int(height), int(width), where)
+    mask = coco_mask.decode(rle)  # (H, W) uint8, Fortran-ordered
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def segmentation_area(segmentation, height: int, width: int, where: str = "segmentation") -> int:
+    """Number of foreground pixels of a segmentation (the mask area, as COCO's ``area`` should be)."""
+    return int(coco_mask.area(_to_rle(segmentation, int(height), int(width), where)))
+
+
+def polygons_to_box(polygons, where: str = "segmentation") -> list:
+    """Tight ``[x1, y1, x2, y2]`` (floats) around all vertices of a list of polygons."""
+    _check_polygons(polygons, where)
+    xs = [float(v) for p in polygons for v in p[0::2]]
+    ys = [float(v) for p in polygons for v in p[1::2]]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def mask_to_box(mask) -> np.ndarray:
+    """Whole-pixel box of a binary mask: ``[x_min, y_min, x_max + 1, y_max + 1]`` as float32 (4,).
+
+    ``mask`` is an (H, W) array (numpy or torch), nonzero = foreground. An empty mask gives
+    ``[0, 0, 0, 0]`` (a degenerate box that callers drop).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_to_box: expected an (H, W) mask, got shape {mask.shape}")
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return np.zeros(4, dtype=np.float32)
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+
+
+def masks_to_boxes(masks):
+    """Whole-pixel boxes of a stack of masks, (N, H, W) -> (N, 4) float32, same rule as mask_to_box.
+
+    Accepts a torch tensor (returns a torch tensor on the same device) or a numpy array (returns
+    numpy). Empty masks give ``[0, 0, 0, 0]``.
+    """
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch = None
+    if torch is not None and isinstance(masks, torch.Tensor):
+        if masks.dim() != 3:
+            raise ValueError(f"masks_to_boxes: expected (N, H, W) masks, got shape {tuple(masks.shape)}")
+        n, h, w = masks.shape
+        fg = masks != 0
+        rows_any = fg.any(dim=2)  # (N, H)
+        cols_any = fg.any(dim=1)  # (N, W)
+        ys = torch.arange(h, device=masks.device)
+        xs = torch.arange(w, device=masks.device)
+        big = max(h, w) + 1
+        y1 = torch.where(rows_any, ys, big).amin(dim=1) if h else torch.zeros(n, device=masks.device)
+        y2 = torch.where(rows_any, ys, -1).amax(dim=1) + 1 if h else torch.zeros(n, device=masks.device)
+        x1 = torch.where(cols_any, xs, big).amin(dim=1) if w else torch.zeros(n, device=masks.device)
+        x2 = torch.where(cols_any, xs, -1).amax(dim=1) + 1 if w else torch.zeros(n, device=masks.device)
+        boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)  # (N, 4)
+        empty = ~rows_any.any(dim=1) if h else torch.ones(n, dtype=torch.bool, device=masks.device)
+        boxes[empty] = 0
+        return boxes
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks_to_boxes: expected (N, H, W) masks, got shape {masks.shape}")
+    return np.stack([mask_to_box(m) for m in masks]).astype(np.float32) if len(masks) else (
+        np.zeros((0, 4), dtype=np.float32))
+
+
+def validate_record(record: Any, where: str = "record") -> None:
+    """Check one record against the schema in the module docstring; raise ValueError naming the field.
+
+    Checks types and required keys, that ``height``/``width`` are positive, that every box has 4
+    finite numbers with x2 > x1 and y2 > y1, that ``category_id`` is an int >= 1, and that each
+    segmentation is well formed for the record's size (polygons of >= 3 points, RLE of the right size).
+    It does not open the image file.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
+    for key in ("file_name", "image_id", "height", "width", "annotations"):
+        if key not in record:
+            raise ValueError(f"{where}.{key}: missing")
+    if not isinstance(record["file_name"], str) or not record["file_name"]:
+        raise ValueError(f"{where}.file_name: expected a non-empty string")
+    if not isinstance(record["image_id"], numbers.Integral) or isinstance(record["image_id"], bool):
+        raise ValueError(f"{where}.image_id: expected an int, got {record['image_id']!r}")
+    for key in ("height", "width"):
+        value = record[key]
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{where}.{key}: expected a positive int, got {value!r}")
+    if not isinstance(record["annotations"], list):
+        raise ValueError(f"{where}.annotations: expected a list")
+    height, width = record["height"], record["width"]
+    for i, ann in enumerate(record["annotations"]):
+        at = f"{where}.annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise ValueError(f"{at}: expected a dict")
+        for key in ("bbox", "category_id", "segmentation", "iscrowd"):
+            if key not in ann:
+                raise ValueError(f"{at}.{key}: missing")
+        box = ann["bbox"]
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+            raise ValueError(f"{at}.bbox: expected 4 numbers [x1, y1, x2, y2], got {box!r}")
+        if not all(np.isfinite(float(v)) for v in box):
+            raise ValueError(f"{at}.bbox: not finite: {box!r}")
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"{at}.bbox: degenerate box {list(box)} (needs x2 > x1 and y2 > y1)")
+        cat = ann["category_id"]
+        if not isinstance(cat, numbers.Integral) or isinstance(cat, bool) or cat < 1:
+            raise ValueError(f"{at}.category_id: expected an int >= 1 (0 is background), got {cat!r}")
+        if ann["iscrowd"] not in (0, 1):
+            raise ValueError(f"{at}.iscrowd: expected 0 or 1, got {ann['iscrowd']!r}")
+        seg = ann["segmentation"]
+        if isinstance(seg, dict):
+            _check_rle(seg, height, width, f"{at}.segmentation")
+        else:
+            _check_polygons(seg, f"{at}.segmentation")
