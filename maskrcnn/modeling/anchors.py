@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 ORDERS = ("ratio_major", "size_major")
 
@@ -110,7 +110,7 @@ def _per_level_ratios(aspect_ratios, num_levels: int) -> List[Tuple[float, ...]]
     return [tuple(float(r) for r in ratios) for ratios in levels]
 
 
-class AnchorGenerator:
+class AnchorGenerator(nn.Module):
     """Anchors of one image over all feature levels.
 
     Args:
@@ -124,6 +124,9 @@ class AnchorGenerator:
     -> ``(total, 4)`` anchors of one image (order in the module docstring). ``image_size`` is the size of
     the (padded) input tensor the features were computed from, so in a batch every image gets the same
     anchors. ``device=None`` means the CPU.
+
+    It is an ``nn.Module`` only so that it shows up in the printed model; it has no parameters or
+    buffers (nothing in the state dict), and the cell-anchor cache follows the requested device.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class AnchorGenerator:
         order: str = "ratio_major",
         offset: float = 0.0,
     ):
+        super().__init__()
         self.sizes = _per_level_sizes(sizes)
         self.aspect_ratios = _per_level_ratios(aspect_ratios, len(self.sizes))
         if order not in ORDERS:
@@ -150,10 +154,10 @@ class AnchorGenerator:
             ]
         }
 
-    def __repr__(self) -> str:
+    def extra_repr(self) -> str:
         return (
-            f"AnchorGenerator(sizes={self.sizes}, aspect_ratios={self.aspect_ratios}, "
-            f"round_cell_anchors={self.round_cell_anchors}, order={self.order!r}, offset={self.offset})"
+            f"sizes={self.sizes}, aspect_ratios={self.aspect_ratios}, "
+            f"round_cell_anchors={self.round_cell_anchors}, order={self.order!r}, offset={self.offset}"
         )
 
     @property
@@ -172,7 +176,7 @@ class AnchorGenerator:
             self._cell_anchors[device] = [anchors.to(device) for anchors in cpu_anchors]
         return self._cell_anchors[device]
 
-    def __call__(
+    def forward(
         self,
         image_size: Sequence[int],
         feature_sizes: Sequence[Sequence[int]],

@@ -135,6 +135,7 @@ def test_cell_anchor_cache_returns_the_same_tensors():
     generator = AnchorGenerator()
     assert generator.cell_anchors() is generator.cell_anchors("cpu")
     assert all(a.dtype == torch.float64 for a in generator.cell_anchors())
+    assert len(generator.state_dict()) == 0  # no parameters or buffers: nothing for checkpoints
 
 
 def test_bad_arguments():
