@@ -1,16 +1,22 @@
 """Fashion datasets: one common per-image record (``records.py``) built by one adapter per format.
 
-    from maskrcnn.data import load_records, load_dataset
+    from maskrcnn.data import load_records, load_dataset, load_split
     records = load_records("coco", "modanet.json", "images/")        # list of record dicts
     dataset = load_dataset("coco", "modanet.json", "images/")        # RecordSet: .records, .class_names
+    train = load_split(cfg, "train")                                 # from the config's data section
 
-See ``records.py`` for the record schema and ``docs/datasets.md`` for the formats.
+See ``records.py`` for the record schema, ``load.py`` for the formats and options,
+``categories.py`` for class tables, and ``docs/datasets.md`` for the datasets.
 """
+from .categories import CategoryMap, CategoryTable, build_category_map, load_category_table
+from .load import FORMATS, load_dataset, load_records, load_split
+from .problems import DataError, DataWarning, Problems
 from .records import (
     RecordSet,
     mask_to_box,
     masks_to_boxes,
     polygons_to_box,
+    read_image_size,
     segmentation_area,
     segmentation_to_mask,
     validate_record,

@@ -47,6 +47,12 @@ __all__ = [
     "mask_to_box",
     "masks_to_boxes",
     "xywh_to_xyxy",
+    "polygon_error",
+    "rle_error",
+    "clean_segmentation",
+    "clean_box",
+    "read_image_size",
+    "build_annotation",
 ]
 
 
@@ -67,6 +73,9 @@ class RecordSet:
     def __len__(self) -> int:
         return len(self.records)
 
+    def __repr__(self) -> str:  # records can number hundreds of thousands: summarize them
+        return f"RecordSet({len(self.records)} records, {len(self.class_names)} classes, source={self.source!r})"
+
     @property
     def num_classes(self) -> int:
         """K, the number of object classes (background excluded), as in ``model.num_classes``."""
@@ -83,35 +92,51 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def polygon_error(polygon) -> str | None:
+    """Why ``polygon`` is not a flat ``[x0, y0, x1, y1, ...]`` list of >= 3 finite points, or None if it is."""
+    if not isinstance(polygon, (list, tuple)) or not all(_is_number(v) for v in polygon):
+        return "expected a flat list of numbers [x0, y0, x1, y1, ...]"
+    if not all(np.isfinite(float(v)) for v in polygon):
+        return "coordinates are not finite"
+    if len(polygon) % 2:
+        return f"odd number of coordinates ({len(polygon)})"
+    if len(polygon) < 6:
+        return f"polygon with fewer than 3 points ({len(polygon) // 2})"
+    return None
+
+
+def rle_error(rle, height: int, width: int) -> str | None:
+    """Why ``rle`` is not a COCO RLE dict of size (height, width) (as "field: reason"), or None if it is."""
+    size, counts = rle.get("size"), rle.get("counts")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_number(v) for v in size)):
+        return f"size: expected [height, width], got {size!r}"
+    if [int(size[0]), int(size[1])] != [int(height), int(width)]:
+        return f"size: RLE of the wrong size {list(size)}, the image is [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in counts):
+            return "counts: expected non-negative integers"
+        if sum(counts) != height * width:
+            return f"counts: runs sum to {sum(counts)}, expected height*width = {height * width}"
+    elif not isinstance(counts, (str, bytes)):
+        return "counts: expected a string (compressed) or a list (uncompressed)"
+    return None
+
+
 def _check_polygons(polygons, where: str) -> None:
     """Raise ValueError unless ``polygons`` is a non-empty list of flat [x, y, ...] lists of >= 3 points."""
     if not isinstance(polygons, list) or not polygons:
         raise ValueError(f"{where}: expected a non-empty list of polygons")
     for i, polygon in enumerate(polygons):
-        if not isinstance(polygon, (list, tuple)) or not all(_is_number(v) for v in polygon):
-            raise ValueError(f"{where}[{i}]: expected a flat list of numbers [x0, y0, x1, y1, ...]")
-        if len(polygon) % 2:
-            raise ValueError(f"{where}[{i}]: odd number of coordinates ({len(polygon)})")
-        if len(polygon) < 6:
-            raise ValueError(f"{where}[{i}]: polygon with fewer than 3 points ({len(polygon) // 2})")
+        error = polygon_error(polygon)
+        if error:
+            raise ValueError(f"{where}[{i}]: {error}")
 
 
 def _check_rle(rle: dict, height: int, width: int, where: str) -> None:
     """Raise ValueError unless ``rle`` is a COCO RLE dict of size (height, width)."""
-    size, counts = rle.get("size"), rle.get("counts")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2):
-        raise ValueError(f"{where}.size: expected [height, width], got {size!r}")
-    if [int(size[0]), int(size[1])] != [int(height), int(width)]:
-        raise ValueError(
-            f"{where}.size: RLE of the wrong size {list(size)}, the image is [{height}, {width}]")
-    if isinstance(counts, list):
-        if not all(isinstance(c, numbers.Integral) and c >= 0 for c in counts):
-            raise ValueError(f"{where}.counts: expected non-negative integers")
-        if sum(counts) != height * width:
-            raise ValueError(
-                f"{where}.counts: runs sum to {sum(counts)}, expected height*width = {height * width}")
-    elif not isinstance(counts, (str, bytes)):
-        raise ValueError(f"{where}.counts: expected a string (compressed) or a list (uncompressed)")
+    error = rle_error(rle, height, width)
+    if error:
+        raise ValueError(f"{where}.{error}")
 
 
 def _to_rle(segmentation, height: int, width: int, where: str) -> dict:
@@ -264,3 +289,92 @@ def validate_record(record: Any, where: str = "record") -> None:
             _check_rle(seg, height, width, f"{at}.segmentation")
         else:
             _check_polygons(seg, f"{at}.segmentation")
+
+
+# EXIF orientations 5-8 rotate the picture by 90 degrees, so the displayed size is (width, height).
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def read_image_size(path) -> tuple:
+    """``(height, width)`` of an image file as displayed, i.e. after its EXIF orientation is applied.
+
+    Reads only the file header (Pillow opens lazily). Raises OSError/``PIL.UnidentifiedImageError``
+    for a missing or undecodable file.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    return int(height), int(width)
+
+
+def build_annotation(
+    *,
+    box,
+    box_format: str,
+    segmentation,
+    source_category,
+    height: int,
+    width: int,
+    where: str,
+    problems,
+    category_map,
+    table_name: str = "the class table",
+    recompute_boxes: bool = False,
+    clip_boxes: bool = True,
+    iscrowd=0,
+    box_field: str = "bbox",
+    **extra,
+):
+    """Turn one source annotation into a record annotation, or report why not and return None.
+
+    The steps every adapter shares, in order: map the source category (dropped -> None silently, since
+    dropping is configuration; unknown -> reported), clean the segmentation and the box (see
+    ``problems.clean_segmentation`` / ``clean_box``), and optionally replace the box by the whole-pixel
+    box of the rasterized mask (``recompute_boxes``, the usual fix for ModaNet's boxes that disagree
+    with their polygons). ``box`` may be None when the source has no box: the mask's box is used.
+
+    Args:
+        where: file and annotation for messages, e.g. ``"modanet.json: annotations[17]"``.
+        box_field: the source's name of the box field, for messages (DeepFashion2: bounding_box).
+        problems: a ``maskrcnn.data.problems.Problems``.
+        category_map: a ``maskrcnn.data.categories.CategoryMap``.
+        extra: further keys copied into the annotation (``id``, ``attribute_ids``, ...).
+
+    Returns:
+        ``{"bbox", "category_id", "segmentation", "iscrowd", **extra}`` or None.
+    """
+    from .problems import clean_box, clean_segmentation
+
+    if isinstance(source_category, bool) or not isinstance(source_category, numbers.Integral):
+        problems.report(f"{where}.category_id", f"expected an int, got {source_category!r}")
+        return None
+    if source_category in category_map.dropped:
+        return None
+    label = category_map.labels.get(int(source_category))
+    if label is None:
+        problems.report(f"{where}.category_id", f"unknown category {source_category} (not in {table_name})")
+        return None
+    if iscrowd not in (0, 1):
+        problems.report(f"{where}.iscrowd", f"expected 0 or 1, got {iscrowd!r}")
+        return None
+    segmentation = clean_segmentation(segmentation, height, width, f"{where}.segmentation", problems)
+    if segmentation is None:
+        return None
+    if recompute_boxes:
+        box = None  # the source box is replaced, so its defects do not matter
+    elif box is not None:
+        box = clean_box(box, box_format, height, width, f"{where}.{box_field}", problems, clip=clip_boxes)
+        if box is None:
+            return None
+    if box is None:
+        box = [float(v) for v in mask_to_box(segmentation_to_mask(segmentation, height, width, where))]
+        if box[2] <= box[0]:
+            problems.report(f"{where}.segmentation", "empty mask (no pixel inside the image)")
+            return None
+    return {"bbox": box, "category_id": int(label), "segmentation": segmentation,
+            "iscrowd": int(iscrowd), **extra}
