@@ -16,10 +16,11 @@ and returns a new ``(image, target)``. The file has two layers:
 
 Box rule (DESIGN.md): a box computed from a mask spans whole pixels, ``[x_min, y_min, x_max + 1, y_max + 1]``.
 Flips map such a box exactly to the box of the flipped mask; every other geometric operation resamples the
-masks and then *recomputes* the boxes from them (``masks_to_boxes``), so after any geometric augmentation each
-box is the tight box of its mask. An instance whose mask becomes empty is dropped; an instance cut by a crop or
-pushed out by an affine map below ``min_visible`` of its area is dropped too, since a sliver of a garment is
-not a recognisable garment. Masks are resampled bilinearly as floats and thresholded at 0.5.
+masks and then *recomputes* the boxes from them (``records.masks_to_boxes``), so after any geometric
+augmentation each box is the tight box of its mask. An instance whose mask becomes empty is dropped; an
+instance cut by a crop or pushed out by an affine map below ``min_visible`` of its area is dropped too,
+since a sliver of a garment is not a recognisable garment. Masks are resampled bilinearly as floats and
+thresholded at 0.5.
 """
 from __future__ import annotations
 
@@ -29,31 +30,14 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .records import masks_to_boxes  # (N, H, W) -> (N, 4) tight whole-pixel boxes, DESIGN.md rule
+
 INSTANCE_KEYS = ("boxes", "labels", "masks")  # per-instance tensors: filtered together when instances drop
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight whole-pixel boxes of binary masks: (N, H, W) -> (N, 4) float32 ``[x0, y0, x1 + 1, y1 + 1]``.
-
-    An empty mask gets the box ``[0, 0, 0, 0]`` (callers drop such instances).
-    """
-    n, height, width = masks.shape
-    if n == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
-    cols = masks.bool().any(dim=1)  # (N, H, W) -> (N, W): the column holds a pixel
-    rows = masks.bool().any(dim=2)  # (N, H, W) -> (N, H): the row holds a pixel
-    x0 = cols.float().argmax(dim=1)
-    x1 = width - cols.flip(1).float().argmax(dim=1)  # one past the last occupied column
-    y0 = rows.float().argmax(dim=1)
-    y1 = height - rows.flip(1).float().argmax(dim=1)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
-    boxes[~cols.any(dim=1)] = 0.0
-    return boxes
-
-
 def keep_instances(target: dict, keep: torch.Tensor) -> dict:
     """A copy of ``target`` with only the instances where the bool vector ``keep`` (N,) is true."""
     out = dict(target)

@@ -1,0 +1,105 @@
+"""AspectRatioBatchSampler: grouping, determinism per (seed, epoch), and the distributed guarantees (disjoint
+shards, the same number of full batches on every rank)."""
+
+import numpy as np
+import pytest
+
+from maskrcnn.data.samplers import AspectRatioBatchSampler
+
+
+def ratios(count, seed=0):
+    """Landscape (1.5) and portrait (0.75) images in random proportions."""
+    return np.where(np.random.default_rng(seed).random(count) < 0.4, 1.5, 0.75).tolist()
+
+
+def epoch_batches(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_unshuffled_ungrouped_order_and_padding_by_hand():
+    sampler = AspectRatioBatchSampler([1.0] * 10, 4, group_by_aspect_ratio=False, shuffle=False)
+    assert list(sampler) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]  # padded from the start
+    assert len(sampler) == 3
+    truncated = AspectRatioBatchSampler([1.0] * 10, 4, group_by_aspect_ratio=False, shuffle=False,
+                                        drop_last=True)
+    assert list(truncated) == [[0, 1, 2, 3], [4, 5, 6, 7]] and len(truncated) == 2
+
+
+def test_unshuffled_distributed_shards_by_hand():
+    # 7 images, 2 ranks, batch 2: padded to 8 = [0..6, 0]; rank 0 takes 0, 2, 4, 6; rank 1 takes 1, 3, 5, 0
+    kwargs = dict(batch_size=2, world_size=2, group_by_aspect_ratio=False, shuffle=False)
+    assert list(AspectRatioBatchSampler([1.0] * 7, rank=0, **kwargs)) == [[0, 2], [4, 6]]
+    assert list(AspectRatioBatchSampler([1.0] * 7, rank=1, **kwargs)) == [[1, 3], [5, 0]]
+
+
+def test_grouping_by_hand():
+    # landscape = 0, 2, 3, 5; portrait = 1, 4; batch 2, no shuffle: [0, 2] fills first, then [1, 4], [3, 5]
+    sampler = AspectRatioBatchSampler([2.0, 0.5, 1.0, 1.3, 0.7, 1.1], 2, shuffle=False)
+    assert list(sampler) == [[0, 2], [1, 4], [3, 5]]
+
+
+def test_batches_are_homogeneous_except_at_most_one_leftover_batch():
+    aspect = ratios(103)
+    groups = [r >= 1 for r in aspect]
+    for epoch in range(5):
+        batches = epoch_batches(AspectRatioBatchSampler(aspect, 4, seed=1), epoch)
+        mixed = [b for b in batches if len({groups[i] for i in b}) > 1]
+        assert len(mixed) <= 1
+        assert all(len(b) == 4 for b in batches)
+        flat = sum(batches, [])
+        assert sorted(set(flat)) == list(range(103))  # every image is seen in every epoch
+        assert len(flat) == 104  # one repeated image pads the epoch to 26 batches of 4
+
+
+@pytest.mark.parametrize("count,batch,world", [(103, 2, 4), (10, 3, 2), (5, 2, 3), (64, 4, 8), (1, 1, 2)])
+def test_distributed_ranks_get_equal_batches_and_cover_the_dataset(count, batch, world):
+    aspect = ratios(count, seed=count)
+    for epoch in range(3):
+        per_rank = [epoch_batches(AspectRatioBatchSampler(aspect, batch, seed=5, rank=r, world_size=world), epoch)
+                    for r in range(world)]
+        lengths = {len(b) for b in per_rank}
+        assert lengths == {len(AspectRatioBatchSampler(aspect, batch, world_size=world))}
+        assert all(len(b) == batch for batches in per_rank for b in batches)
+        flat = [i for batches in per_rank for b in batches for i in b]
+        padded = -(-count // (batch * world)) * batch * world
+        assert len(flat) == padded and set(flat) == set(range(count))
+
+
+@pytest.mark.parametrize("count,batch,world", [(103, 2, 4), (10, 3, 2), (64, 4, 8)])
+def test_drop_last_shards_are_disjoint(count, batch, world):
+    aspect = ratios(count)
+    per_rank = [list(AspectRatioBatchSampler(aspect, batch, seed=2, rank=r, world_size=world, drop_last=True))
+                for r in range(world)]
+    flat = [i for batches in per_rank for b in batches for i in b]
+    assert len(flat) == len(set(flat)) == (count // (batch * world)) * batch * world
+    assert len({len(b) for b in per_rank}) == 1
+
+
+def test_deterministic_per_seed_and_epoch():
+    aspect = ratios(50)
+    a = AspectRatioBatchSampler(aspect, 2, seed=9, rank=1, world_size=2)
+    b = AspectRatioBatchSampler(aspect, 2, seed=9, rank=1, world_size=2)
+    assert epoch_batches(a, 0) == epoch_batches(b, 0)
+    assert epoch_batches(a, 3) == epoch_batches(b, 3)
+    assert epoch_batches(a, 0) != epoch_batches(a, 1)
+    assert epoch_batches(a, 0) != epoch_batches(AspectRatioBatchSampler(aspect, 2, seed=10, rank=1,
+                                                                        world_size=2), 0)
+
+
+def test_shuffling_reaches_every_position():
+    aspect = [1.0] * 6
+    sampler = AspectRatioBatchSampler(aspect, 6, seed=0)
+    firsts = {epoch_batches(sampler, e)[0][0] for e in range(60)}
+    assert firsts == set(range(6))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="batch_size"):
+        AspectRatioBatchSampler([1.0], 0)
+    with pytest.raises(ValueError, match="rank"):
+        AspectRatioBatchSampler([1.0], 1, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="empty"):
+        AspectRatioBatchSampler([], 1)
+    with pytest.raises(ValueError, match="drop_last"):
+        AspectRatioBatchSampler([1.0] * 3, 2, world_size=2, drop_last=True)
