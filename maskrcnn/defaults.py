@@ -91,6 +91,55 @@ DEFAULTS = {
         "recompute_boxes": K(False, "Replace every box by the whole-pixel box of its mask (fixes ModaNet's boxes that disagree with their polygons); off by default since it decodes every mask at load time."),
         "clip_boxes": K(True, "Clip boxes that stick out of the image to the image (boxes wholly outside are reported and dropped); on, since such boxes only add loss outside the picture."),
         "strict": K(False, "True: the first bad image or annotation raises an error naming it; False: it is skipped with one warning naming it, and the count is reported."),
+        # Training augmentations (maskrcnn/data/transforms.py): each has a probability and a range; the geometric
+        # ones move boxes and masks with the image. The defaults reproduce the standard Mask R-CNN recipe
+        # (torchvision, detectron2 1x): horizontal flips only; the others are opt-in per dataset config.
+        "augment": {
+            "min_visible_fraction": K(0.25, "Crops, zoom-ins and affine maps drop an instance keeping less than this fraction of its mask area; under a quarter, a garment is rarely recognisable."),
+            "hflip": {
+                "prob": K(0.5, "Probability of a left-right mirror; clothes are nearly mirror-symmetric, and every recipe flips half the images."),
+            },
+            "vflip": {
+                "prob": K(0.0, "Probability of a top-bottom mirror; off, since upside-down people do not occur in fashion photos."),
+            },
+            "scale_jitter": {
+                "prob": K(0.0, "Probability of a zoom that keeps the canvas size (zoom in = crop and enlarge, zoom out = shrink and pad with black); off in the 1x recipe."),
+                "min_scale": K(0.5, "Smallest zoom factor (0.5 halves every object), drawn uniformly between min_scale and max_scale."),
+                "max_scale": K(1.5, "Largest zoom factor; the range 0.5-1.5 teaches scale invariance without making garments unrecognisably small."),
+            },
+            "crop": {
+                "prob": K(0.0, "Probability of a random crop (the model then resizes the crop, so it also zooms in); off in the 1x recipe."),
+                "min_fraction": K(0.6, "Each side of the crop is a uniform fraction in [min_fraction, 1] of the image's side; 0.6 keeps most of a person in view."),
+            },
+            "affine": {
+                "prob": K(0.0, "Probability of a random affine map about the image centre; boxes are recomputed from the warped masks. Off in the 1x recipe."),
+                "degrees": K(10.0, "Rotation drawn uniformly in [-degrees, degrees]; photos are mostly upright, so small angles."),
+                "scale": K([0.9, 1.1], "Scale factor range [low, high] of the affine map."),
+                "translate": K(0.1, "Shift drawn uniformly in [-translate, translate] times the image width (x) and height (y)."),
+                "shear": K(5.0, "Horizontal shear angle drawn uniformly in [-shear, shear] degrees."),
+            },
+            "color": {
+                "prob": K(0.0, "Probability of colour jitter (brightness, then contrast, then saturation); off in the 1x recipe."),
+                "brightness": K(0.2, "Brightness factor drawn in [1 - v, 1 + v]; 0.2 covers typical exposure differences."),
+                "contrast": K(0.2, "Contrast factor in [1 - v, 1 + v] (blend with the mean grey)."),
+                "saturation": K(0.2, "Saturation factor in [1 - v, 1 + v] (blend with the greyscale image); small, since colour is part of a garment's look."),
+            },
+            "blur": {
+                "prob": K(0.0, "Probability of a Gaussian blur (out-of-focus or low-resolution photos); off in the 1x recipe."),
+                "sigma": K([0.1, 1.5], "Blur standard deviation range [low, high] in pixels; 1.5 softens edges without erasing the silhouette."),
+            },
+            "noise": {
+                "prob": K(0.0, "Probability of additive Gaussian pixel noise (sensor noise of phone photos); off in the 1x recipe."),
+                "std": K([0.0, 0.03], "Noise standard deviation range [low, high] in [0, 1] intensity units; 0.03 is visible grain."),
+            },
+        },
+    },
+    # Batching (maskrcnn/data/collate.py, maskrcnn/data/samplers.py).
+    "dataloader": {
+        "num_workers": K(2, "Worker processes decoding and augmenting images per training process; 0 decodes in the main process (easiest to debug)."),
+        "aspect_ratio_grouping": K(True, "Batch landscape and portrait images separately, so padding to a common size wastes fewer pixels (as torchvision and detectron2)."),
+        "drop_last": K(False, "False: pad each epoch by repeating a few images so every rank gets the same number of full batches; True: leave up to world_size*batch-1 images out instead (ranks strictly disjoint)."),
+        "pin_memory": K(True, "Page-locked batches for faster host-to-GPU copies; only used when training on CUDA."),
     },
     "solver": {
         "ims_per_batch": K(16, "Global batch: images per iteration summed over all processes (detectron2 1x)."),

@@ -316,3 +316,16 @@ def test_noise_and_photometric_augmentations_leave_the_target_alone():
     for aug in (T.ColorJitter(1.0, 0.4, 0.4, 0.4), T.RandomGaussianBlur(1.0, (0.5, 1.0))):
         out_image, out = aug(image, target, torch.Generator().manual_seed(0))
         assert out is target and out_image.shape == image.shape
+
+
+def test_default_config_builds_the_flip_only_recipe():
+    from maskrcnn.config import load_config
+
+    cfg = load_config(overrides=["data.augment.affine.prob=0.3", "data.augment.noise.std=[0.01,0.02]",
+                                 "data.augment.noise.prob=1.0"])
+    pipeline = T.build_augmentations(cfg.data.augment)
+    assert [type(a).__name__ for a in pipeline.augmentations] == [
+        "RandomHorizontalFlip", "RandomAffine", "RandomGaussianNoise"]
+    assert pipeline.augmentations[2].std == (0.01, 0.02)
+    assert [type(a).__name__ for a in T.build_augmentations(load_config().data.augment).augmentations] == [
+        "RandomHorizontalFlip"]
