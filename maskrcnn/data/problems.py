@@ -110,6 +110,9 @@ def clean_box(value, box_format: str, height: int, width: int, where: str, probl
         return None
     if clip:
         x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
+    elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        problems.report(where, f"out-of-image box {list(value)} ({box_format}): extends outside the "
+                               f"{width}x{height} image", action="kept unclipped")
     return [x1, y1, x2, y2]
 
 

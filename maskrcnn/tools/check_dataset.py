@@ -1,0 +1,246 @@
+"""Dataset checker: decode every image and annotation, report each problem by file and field, summarize.
+
+    python -m maskrcnn.tools.check_dataset --config configs/modanet_r50_fpn.yaml [--split train]
+    python -m maskrcnn.tools.check_dataset --format coco --annotations a.json --images imgs/ --show 8
+
+Problems found (each named by the file and the field, e.g.
+``modanet.json: annotations[17].bbox: expected 4 numbers, got 3``):
+
+- from the annotation file, by the format's adapter (``maskrcnn.data``): malformed entries, duplicate
+  image or annotation ids, annotations of unknown images, degenerate boxes, out-of-image boxes,
+  polygons with fewer than 3 points, RLEs of the wrong size, unknown categories;
+- here, per record: a missing or undecodable image, an image whose size differs from the annotation's
+  ``height``/``width``, a mask with no pixel.
+
+It then prints the instances and images per class, the number of images without instances, and
+instance-size statistics (mask area, with COCO's small < 32^2 <= medium < 96^2 <= large buckets).
+``--show N`` writes ground-truth overlays (masks, boxes, tags, legend) of the first N images with
+instances. The exit status is 1 when a problem was found, 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from maskrcnn.data.load import load_dataset, split_options
+from maskrcnn.data.problems import Problems
+from maskrcnn.data.records import RecordSet, mask_to_box, read_image_size, segmentation_to_mask
+
+__all__ = ["CheckReport", "check_dataset", "check_records", "format_report", "write_overlays", "main"]
+
+SMALL_AREA, MEDIUM_AREA = 32 ** 2, 96 ** 2  # COCO's instance-size buckets
+
+
+@dataclass
+class CheckReport:
+    """What the checker found for one split.
+
+    ``problems`` are :class:`maskrcnn.data.problems.Problem` (``where``, ``message``); ``per_class`` is
+    a list of ``(label, name, instances, images)``; ``areas`` holds every instance's mask area in
+    pixels; ``box_mask_disagreements`` counts boxes whose IoU with their mask's box is below 0.9
+    (reported as a note: ``data.recompute_boxes`` fixes them).
+    """
+
+    source: str
+    class_names: list
+    problems: list = field(default_factory=list)
+    num_images: int = 0
+    num_empty_images: int = 0
+    num_instances: int = 0
+    per_class: list = field(default_factory=list)
+    areas: list = field(default_factory=list)
+    box_mask_disagreements: int = 0
+    dataset: Optional[RecordSet] = None
+
+
+def _box_iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _check_image(record: dict, problems: Problems) -> None:
+    """Missing file, undecodable file, or a size that differs from the annotations."""
+    from PIL import Image
+
+    path = record["file_name"]
+    where = f"{path} (image_id {record['image_id']})"
+    if not os.path.isfile(path):
+        problems.report(where, "missing image file")
+        return
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode every pixel, not just the header
+        height, width = read_image_size(path)
+    except Exception as e:  # Pillow raises several types for broken files
+        problems.report(where, f"undecodable image: {e}")
+        return
+    if (height, width) != (record["height"], record["width"]):
+        problems.report(where, f"size mismatch: the image is {width}x{height} (w x h), the annotations "
+                               f"say {record['width']}x{record['height']}")
+
+
+def check_records(dataset: RecordSet, problems: Problems, check_images: bool = True) -> CheckReport:
+    """Decode every image (optional) and every mask of ``dataset``; gather problems and statistics."""
+    report = CheckReport(dataset.source, list(dataset.class_names), dataset=dataset)
+    instances = np.zeros(len(dataset.class_names) + 1, dtype=np.int64)
+    images = np.zeros(len(dataset.class_names) + 1, dtype=np.int64)
+    for record in dataset.records:
+        if check_images:
+            _check_image(record, problems)
+        report.num_images += 1
+        if not record["annotations"]:
+            report.num_empty_images += 1
+        seen = set()
+        for ann in record["annotations"]:
+            where = f"{dataset.source}: image_id {record['image_id']}, annotation id {ann.get('id')}"
+            try:
+                mask = segmentation_to_mask(ann["segmentation"], record["height"], record["width"],
+                                            f"{where}.segmentation")
+            except ValueError as e:
+                problems.report(where, str(e))
+                continue
+            area = int(mask.sum())
+            if area == 0:
+                problems.report(f"{where}.segmentation", "empty mask (no pixel inside the image)")
+                continue
+            if _box_iou(ann["bbox"], mask_to_box(mask).tolist()) < 0.9:
+                report.box_mask_disagreements += 1
+            report.areas.append(area)
+            report.num_instances += 1
+            instances[ann["category_id"]] += 1
+            seen.add(ann["category_id"])
+        for label in seen:
+            images[label] += 1
+    report.per_class = [(k, name, int(instances[k]), int(images[k]))
+                        for k, name in enumerate(dataset.class_names, start=1)]
+    report.problems = list(problems.items)
+    return report
+
+
+def check_dataset(format: str, annotations, images_dir="", check_images: bool = True, **options) -> CheckReport:
+    """Load a split with every problem collected (nothing raised, boxes not clipped) and check it."""
+    problems = Problems("collect")
+    options = {**options, "problems": problems, "clip_boxes": False, "strict": False}
+    dataset = load_dataset(format, annotations, images_dir, **options)
+    return check_records(dataset, problems, check_images=check_images)
+
+
+def format_report(report: CheckReport, max_problems: int = 200) -> str:
+    """The human-readable report: problems, per-class counts, empty images, instance sizes."""
+    lines = [f"== {report.source}",
+             f"images: {report.num_images}   instances: {report.num_instances}   "
+             f"images without instances: {report.num_empty_images}"]
+    lines.append(f"problems: {len(report.problems)}")
+    for problem in report.problems[:max_problems]:
+        lines.append(f"  {problem}")
+    if len(report.problems) > max_problems:
+        lines.append(f"  ... and {len(report.problems) - max_problems} more")
+    lines.append("per class:            label  instances  images  name")
+    for label, name, count, image_count in report.per_class:
+        lines.append(f"                      {label:5d}  {count:9d}  {image_count:6d}  {name}")
+    if report.areas:
+        areas = np.array(report.areas)
+        small = int((areas < SMALL_AREA).sum())
+        medium = int(((areas >= SMALL_AREA) & (areas < MEDIUM_AREA)).sum())
+        lines.append(f"instance mask area (pixels): min {areas.min()}  median {np.median(areas):.0f}  "
+                     f"mean {areas.mean():.1f}  max {areas.max()}")
+        lines.append(f"COCO size buckets: small {small}  medium {medium}  large {len(areas) - small - medium}")
+    if report.box_mask_disagreements:
+        lines.append(f"note: {report.box_mask_disagreements} boxes disagree with their masks (IoU < 0.9); "
+                     f"data.recompute_boxes=true replaces them by the masks' boxes")
+    return "\n".join(lines)
+
+
+def write_overlays(dataset: RecordSet, out_dir: str, count: int) -> list:
+    """Ground-truth overlays of the first ``count`` images with instances; returns the written paths."""
+    from maskrcnn.visualize import draw_record
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for record in dataset.records:
+        if len(written) >= count:
+            break
+        if not record["annotations"]:
+            continue
+        try:
+            picture = draw_record(record, dataset.class_names)
+        except Exception:  # a broken image is already in the problem list
+            continue
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        path = os.path.join(out_dir, f"{record['image_id']}_{stem}.png")
+        picture.save(path)
+        written.append(path)
+    return written
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m maskrcnn.tools.check_dataset",
+        description="Decode every image and annotation of a dataset and report problems by file and field.")
+    parser.add_argument("--config", help="config file whose data section names the dataset")
+    parser.add_argument("--split", choices=("train", "val", "all"), default="all",
+                        help="with --config: which split to check (default: every split that is set)")
+    parser.add_argument("--format", choices=("coco", "imaterialist", "deepfashion2"),
+                        help="without --config: the annotation format")
+    parser.add_argument("--annotations", help="without --config: annotation file (or DeepFashion2 annos/ folder)")
+    parser.add_argument("--images", default="", help="without --config: the images folder")
+    parser.add_argument("--categories", default="", help="class-table file or built-in name (optional)")
+    parser.add_argument("--show", type=int, default=0, metavar="N", help="write N ground-truth overlays")
+    parser.add_argument("--out", default="output/check_dataset", help="folder for the --show overlays")
+    parser.add_argument("--no-images", action="store_true", help="skip decoding the image files (faster)")
+    parser.add_argument("--max-problems", type=int, default=200, help="list at most this many problems")
+    parser.add_argument("overrides", nargs="*", help="with --config: dotted key=value overrides")
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.annotations):
+        parser.error("give either --config or --format/--annotations/--images")
+    if args.annotations and not args.format:
+        parser.error("--annotations needs --format")
+    return args
+
+
+def _jobs(args: argparse.Namespace) -> list:
+    """``(name, format, annotations, images_dir, options)`` for each split to check."""
+    if not args.config:
+        options = {"categories": args.categories or None}
+        return [("", args.format, args.annotations, args.images, options)]
+    from maskrcnn.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    splits = ("train", "val") if args.split == "all" else (args.split,)
+    jobs = []
+    for split in splits:
+        if args.split == "all" and not cfg.data[f"{split}_annotations"]:
+            continue
+        options = split_options(cfg.data, split)
+        for key in ("clip_boxes", "strict"):
+            options.pop(key)
+        jobs.append((split, options.pop("format"), options.pop("annotations"), options.pop("images_dir"), options))
+    if not jobs:
+        raise SystemExit(f"{args.config}: data.train_annotations and data.val_annotations are both empty")
+    return jobs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parse_args(argv)
+    found = 0
+    for split, format, annotations, images_dir, options in _jobs(args):
+        report = check_dataset(format, annotations, images_dir, check_images=not args.no_images, **options)
+        print(format_report(report, args.max_problems))
+        found += len(report.problems)
+        if args.show:
+            out_dir = os.path.join(args.out, split) if split else args.out
+            paths = write_overlays(report.dataset, out_dir, args.show)
+            print(f"wrote {len(paths)} overlays to {out_dir}")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
