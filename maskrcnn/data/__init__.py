@@ -21,3 +21,10 @@ from .records import (
     segmentation_to_mask,
     validate_record,
 )
+
+# Training pipeline (part B): Dataset, augmentations, batching, the synthetic set.
+from .collate import collate, make_train_loader, to_device, train_batches
+from .dataset import FashionDataset, read_image
+from .samplers import AspectRatioBatchSampler
+from .synthetic import generate_synthetic_dataset
+from .transforms import build_augmentations
