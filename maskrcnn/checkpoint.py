@@ -1,0 +1,184 @@
+"""Model weights in and out: torchvision's names -> ours, and a class-count-aware loader.
+
+Two kinds of foreign checkpoints load through :func:`convert_torchvision`:
+
+- torchvision ``maskrcnn_resnet50_fpn`` state dicts (``backbone.body.*``, ``backbone.fpn.*``, ``rpn.*``,
+  ``roi_heads.*``), including the older layouts torchvision itself still accepts
+  (``rpn.head.conv.weight``, ``roi_heads.mask_head.mask_fcn{1..4}.*``);
+- ImageNet ``resnet50`` (or 18/34/101) classification state dicts (``conv1.*``, ``layer{1..4}.*``, ``fc.*``),
+  which fill only the backbone trunk; ``fc.*`` and ``num_batches_tracked`` are dropped.
+
+The mapping of every name is spelled out in :func:`torchvision_name_map` and documented in
+``docs/architecture.md``. Class indices need no reordering: both layouts put background at index 0 and
+the ``num_classes`` object categories at 1..num_classes, so torchvision's ``num_classes=14`` is our 13.
+
+:func:`load_model_weights` copies a (converted) state dict into a model. Tensors whose shape differs only
+because the number of classes differs -- the class-logit and box-delta layers of the box predictor and the
+mask logits -- keep the model's fresh initialization; any other mismatch is an error. It prints a table of
+what was loaded, skipped (in the file, not in the model) and re-initialized.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from maskrcnn.modeling.resnet import RESNET_SPECS, resnet_state_dict_names
+
+# Parameters whose first dimension scales with the number of classes. Only these may be re-initialized
+# when a checkpoint's class count differs from the model's.
+PREDICTOR_PREFIXES = (
+    "roi_heads.box_predictor.class_logits.",
+    "roi_heads.box_predictor.box_deltas.",
+    "roi_heads.mask_head.logits.",
+)
+
+# torchvision name pattern -> our name (applied after the backbone trunk's table); \1 keeps an index.
+_HEAD_RULES = [
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.fpn.lateral_convs.\1."),
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.", r"backbone.fpn.lateral_convs.\1."),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"backbone.fpn.output_convs.\1."),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.", r"backbone.fpn.output_convs.\1."),
+    (r"^rpn\.head\.conv\.0\.0\.", "rpn.head.conv."),
+    (r"^rpn\.head\.conv\.", "rpn.head.conv."),
+    (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness."),
+    (r"^rpn\.head\.bbox_pred\.", "rpn.head.box_deltas."),
+    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fc1."),
+    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fc2."),
+    (r"^roi_heads\.box_predictor\.cls_score\.", "roi_heads.box_predictor.class_logits."),
+    (r"^roi_heads\.box_predictor\.bbox_pred\.", "roi_heads.box_predictor.box_deltas."),
+    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"roi_heads.mask_head.convs.\1."),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.logits."),
+]
+
+
+def _rename_head(name: str) -> Optional[str]:
+    """Our name for a torchvision detection (non-trunk) parameter, or None if it has no counterpart."""
+    legacy = re.match(r"^roi_heads\.mask_head\.mask_fcn(\d+)\.(.*)$", name)  # torchvision < 0.13 layout
+    if legacy:
+        return f"roi_heads.mask_head.convs.{int(legacy.group(1)) - 1}.{legacy.group(2)}"
+    for pattern, replacement in _HEAD_RULES:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return None
+
+
+def _infer_resnet_depth(names: List[str], prefix: str) -> int:
+    """The ResNet depth whose block counts (and block kind) match the ``layer{k}.{b}`` names present."""
+    counts = []
+    for stage in range(1, 5):
+        blocks = {int(m.group(1)) for n in names if (m := re.match(rf"^{re.escape(prefix)}layer{stage}\.(\d+)\.", n))}
+        counts.append(len(blocks))
+    bottleneck = any(n.startswith(f"{prefix}layer1.0.conv3.") for n in names)
+    for depth, (kind, blocks_per_stage) in RESNET_SPECS.items():
+        if tuple(counts) == blocks_per_stage and (kind == "bottleneck") == bottleneck:
+            return depth
+    raise ValueError(f"state_dict: its ResNet blocks per stage {counts} match no supported depth "
+                     f"({sorted(RESNET_SPECS)})")
+
+
+def torchvision_name_map(names: List[str]) -> Dict[str, str]:
+    """Map each torchvision name in ``names`` to our name (names without a counterpart are left out)."""
+    detection = any(n.startswith("backbone.body.") for n in names)
+    trunk_prefix = "backbone.body." if detection else ""
+    depth = _infer_resnet_depth(names, trunk_prefix)
+    trunk = {trunk_prefix + src: "backbone.resnet." + dst for src, dst in resnet_state_dict_names(depth).items()}
+    mapping = {}
+    for name in names:
+        if name in trunk:
+            mapping[name] = trunk[name]
+        elif detection:
+            ours = _rename_head(name)
+            if ours is not None:
+                mapping[name] = ours
+    return mapping
+
+
+def convert_torchvision(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """A torchvision ``maskrcnn_resnet50_fpn`` or ImageNet ``resnet*`` state dict, renamed to our names.
+
+    Keys without a counterpart (``fc.*``, ``num_batches_tracked``) are dropped. Raises ValueError when the
+    dict looks like neither format, or when a key that should map does not.
+    """
+    names = list(state_dict)
+    if not any(n.startswith("backbone.body.") or n.startswith("conv1.") for n in names):
+        raise ValueError("state_dict: neither a torchvision detection checkpoint (no 'backbone.body.*' keys) "
+                         "nor an ImageNet ResNet one (no 'conv1.*' keys)")
+    mapping = torchvision_name_map(names)
+    ignorable = re.compile(r"(^|\.)num_batches_tracked$|^fc\.")
+    unmapped = [n for n in names if n not in mapping and not ignorable.search(n)]
+    if unmapped:
+        raise ValueError(f"state_dict: {len(unmapped)} torchvision keys have no counterpart, e.g. {unmapped[:3]}")
+    return {mapping[n]: state_dict[n] for n in names if n in mapping}
+
+
+def is_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
+    """True for torchvision detection or ImageNet ResNet layouts (which need :func:`convert_torchvision`)."""
+    return any(n.startswith("backbone.body.") or n == "conv1.weight" for n in state_dict)
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbose: bool = True
+                       ) -> Dict[str, List[str]]:
+    """Copy ``state_dict`` into ``model``; return ``{"loaded", "skipped", "reinitialized", "missing"}`` names.
+
+    - torchvision / ImageNet layouts are converted first (:func:`convert_torchvision`);
+    - ``loaded``: same name and shape, copied;
+    - ``reinitialized``: a predictor tensor (see ``PREDICTOR_PREFIXES``) whose class dimension differs; the
+      model keeps its fresh initialization;
+    - ``skipped``: in the file but not in the model;
+    - ``missing``: in the model but not in the file (keeps its initialization; e.g. the heads when loading
+      an ImageNet backbone).
+
+    Any other shape mismatch raises ValueError naming the key. With ``verbose`` a table is printed.
+    """
+    if is_torchvision_state_dict(state_dict):
+        state_dict = convert_torchvision(state_dict)
+    own = model.state_dict()
+    report: Dict[str, List[str]] = {"loaded": [], "reinitialized": [], "skipped": [], "missing": []}
+    to_load = {}
+    for name, tensor in state_dict.items():
+        if name not in own:
+            report["skipped"].append(name)
+        elif own[name].shape == tensor.shape:
+            to_load[name] = tensor
+            report["loaded"].append(name)
+        elif name.startswith(PREDICTOR_PREFIXES):
+            report["reinitialized"].append(name)
+        else:
+            raise ValueError(f"state_dict[{name!r}]: shape {tuple(tensor.shape)} does not fit the model's "
+                             f"{tuple(own[name].shape)} (only the class-dependent predictor layers may differ)")
+    report["missing"] = [name for name in own if name not in state_dict]
+    model.load_state_dict(to_load, strict=False)
+    if verbose:
+        print(format_load_report(report))
+    return report
+
+
+def format_load_report(report: Mapping[str, List[str]]) -> str:
+    """A small text table: one row per group, with a count and the names (shortened per module)."""
+    lines = [f"{'group':<14} {'count':>5}  names"]
+    for group in ("loaded", "reinitialized", "skipped", "missing"):
+        names = report.get(group, [])
+        modules = sorted({name.rsplit(".", 1)[0] for name in names})
+        shown = ", ".join(modules[:6]) + (f", ... (+{len(modules) - 6} modules)" if len(modules) > 6 else "")
+        lines.append(f"{group:<14} {len(names):>5}  {shown}")
+    return "\n".join(lines)
+
+
+def load_weights_file(path: str) -> Dict[str, Tensor]:
+    """Read a weights file safely (``weights_only=True``); return its model state dict.
+
+    Accepts a bare state dict or a training checkpoint dict holding one under ``"model"``.
+    """
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights file not found: {path}") from None
+    if isinstance(content, Mapping) and "model" in content and isinstance(content["model"], Mapping):
+        content = content["model"]
+    if not isinstance(content, Mapping) or not all(isinstance(v, Tensor) for v in content.values()):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor) or a checkpoint with a 'model' entry")
+    return dict(content)
