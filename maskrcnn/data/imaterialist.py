@@ -106,7 +106,8 @@ def to_coco_rle(counts: str, height: int, width: int) -> dict:
     if run_end is not None:
         coco_counts += [run_start - position, run_end - run_start]
         position = run_end
-    coco_counts.append(height * width - position)
+    if position < height * width or not coco_counts:  # trailing zeros (none when a run ends the mask,
+        coco_counts.append(height * width - position)  # as pycocotools' own encoder writes it)
     rle = coco_mask.frPyObjects({"size": [height, width], "counts": coco_counts}, height, width)
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 

@@ -32,6 +32,7 @@ of its vertices. pycocotools rasterizes a polygon so that the two agree for inte
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,7 +174,11 @@ def segmentation_to_mask(segmentation, height: int, width: int, where: str = "se
         an RLE whose size differs from (height, width) or whose runs do not sum to height * width.
     """
     rle = _to_rle(segmentation, int(height), int(width), where)
-    mask = coco_mask.decode(rle)  # (H, W) uint8, Fortran-ordered
+    with warnings.catch_warnings():
+        # pycocotools' Cython decoder trips a NumPy 2 DeprecationWarning about __array__(copy=...);
+        # harmless, and outside our control.
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        mask = coco_mask.decode(rle)  # (H, W) uint8, Fortran-ordered
     return np.ascontiguousarray(mask, dtype=np.uint8)
 
 
