@@ -112,14 +112,21 @@ def _resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _warp_masks(masks: torch.Tensor, height: int, width: int, warp: Callable, chunk: int = 8) -> torch.Tensor:
+    """Resample uint8 masks (N, h, w) -> (N, height, width): ``warp`` maps float (n, 1, h, w) chunks bilinearly,
+    then >= 0.5 is foreground. Chunks of 8 bound the float copy's memory on large photos."""
+    out = masks.new_zeros((masks.shape[0], height, width))
+    for start in range(0, masks.shape[0], chunk):
+        warped = warp(masks[start:start + chunk, None].float())  # (n, h, w) -> (n, 1, h, w) -> warped
+        out[start:start + chunk] = (warped[:, 0] >= 0.5).to(torch.uint8)
+    return out
+
+
 def resize(image: torch.Tensor, target: dict, height: int, width: int) -> tuple:
     """Resize image and masks to ``height`` x ``width``; masks are resampled as floats and thresholded at 0.5."""
     image = _resample(image[None], height, width)[0].clamp_(0.0, 1.0)
-    masks = target["masks"]
-    if masks.shape[0] > 0:
-        masks = (_resample(masks[:, None].float(), height, width)[:, 0] >= 0.5).to(torch.uint8)
-    else:
-        masks = masks.new_zeros((0, height, width))
+    masks = _warp_masks(target["masks"], height, width,
+                        lambda chunk: _resample(chunk, height, width))  # (n, 1, h, w) -> (n, 1, height, width)
     # A resize hides nothing, so only masks that vanished (too thin to survive shrinking) are dropped.
     return image, _with_masks(target, masks, _area(target), expected_scale=1.0, min_visible=0.0)
 
@@ -169,12 +176,9 @@ def affine(image: torch.Tensor, target: dict, matrix: torch.Tensor, translation:
     # grid_sample with align_corners=False: -1 and +1 are the outer edges of the first and last pixels.
     grid = (2.0 * src / torch.tensor([width, height], dtype=torch.float64) - 1.0).float()[None]  # (1, H, W, 2)
     warped = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    masks = target["masks"]
-    if masks.shape[0] > 0:
-        grids = grid.expand(masks.shape[0], height, width, 2)
-        masks = F.grid_sample(masks[:, None].float(), grids, mode="bilinear", padding_mode="zeros",
-                              align_corners=False)[:, 0]  # (N, 1, H, W) -> (N, H, W)
-        masks = (masks >= 0.5).to(torch.uint8)
+    masks = _warp_masks(target["masks"], height, width, lambda chunk: F.grid_sample(
+        chunk, grid.expand(chunk.shape[0], height, width, 2), mode="bilinear", padding_mode="zeros",
+        align_corners=False))  # (n, 1, H, W) -> (n, 1, H, W)
     det = abs(float(torch.linalg.det(matrix)))
     return warped.clamp_(0.0, 1.0), _with_masks(target, masks, _area(target), det, min_visible)
 

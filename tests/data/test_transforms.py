@@ -154,6 +154,19 @@ def test_resize_doubles_a_block_exactly():
     assert gone["labels"].numel() == 0
 
 
+def test_many_masks_are_resampled_in_chunks_like_one_by_one():
+    masks = torch.zeros((11, 12, 12), dtype=torch.uint8)
+    for i in range(11):
+        masks[i, i // 2:i // 2 + 3, i:i + 1 + i % 3] = 1  # 11 different small blocks
+    target = {"boxes": T.masks_to_boxes(masks), "labels": torch.arange(11), "masks": masks}
+    _, together = T.resize(torch.rand(3, 12, 12), target, 30, 30)
+    assert together["labels"].tolist() == list(range(11))
+    for i in range(11):
+        single = {"boxes": target["boxes"][i:i + 1], "labels": target["labels"][i:i + 1], "masks": masks[i:i + 1]}
+        _, alone = T.resize(torch.rand(3, 12, 12), single, 30, 30)
+        assert torch.equal(together["masks"][i], alone["masks"][0])
+
+
 def test_pad_shifts_boxes():
     image, target = make_sample(3, 20, 30, 2)
     padded_image, padded = T.pad(image, target, 40, 50, top=5, left=7)
