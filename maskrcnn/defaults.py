@@ -167,4 +167,13 @@ DEFAULTS = {
         "confusion_score_thresh": K(0.5, "Detections below this score are left out of the confusion matrix (a typical operating point)."),
         "pictures": K(True, "Also draw the confusion matrix and precision-recall curves as PNG (numbers are always written)."),
     },
+    "train": {
+        "log_period": K(20, "Print the progress line and write a metrics.jsonl record every this many iterations (detectron2's 20)."),
+        "amp": K("off", "Mixed precision on CUDA: 'off' (float32), 'bf16' (bfloat16 autocast) or 'fp16' (float16 autocast with a gradient scaler); ignored on CPU. Off so results match float32 references."),
+        "find_unused_parameters": K(False, "DDP's find_unused_parameters; False is cheaper and suffices, since the losses of images without objects stay connected to every head."),
+        "dist_timeout_minutes": K(30.0, "A collective call waiting longer than this for a missing process fails instead of hanging forever (torch's default, 30)."),
+        "tensorboard": K(True, "Also write TensorBoard event files when the optional tensorboard package is installed."),
+        "overlays": K(16, "Validation images drawn with their predictions at the final evaluation (overlays/*.png); -1 = all, 0 = none."),
+        "overlay_score_thresh": K(0.5, "Detections scoring below this are left off the overlay pictures (the confusion matrix's operating point)."),
+    },
 }
