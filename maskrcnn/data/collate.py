@@ -11,7 +11,7 @@ happens once, on the device, with the model's own settings::
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,8 +36,8 @@ def to_device(images: Sequence[torch.Tensor], targets: Sequence[dict], device) -
     return images, targets
 
 
-def make_train_loader(dataset, images_per_rank: int, num_workers: int = 2, seed: int = 0, rank: int = 0,
-                      world_size: int = 1, aspect_ratio_grouping: bool = True, drop_last: bool = False,
+def make_train_loader(dataset, images_per_rank: int, num_workers: int = 2, seed: int = 0,
+                      rank: Optional[int] = None, world_size: Optional[int] = None, aspect_ratio_grouping: bool = True, drop_last: bool = False,
                       pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over ``dataset`` (a ``FashionDataset``) batched by ``AspectRatioBatchSampler``.
 
@@ -45,7 +45,7 @@ def make_train_loader(dataset, images_per_rank: int, num_workers: int = 2, seed:
         images_per_rank: images per batch in this process (the global ``solver.ims_per_batch`` / world_size).
         num_workers: decoding processes (0 decodes in the main process, easiest to debug).
         seed: shuffling seed, the same on every rank (augmentation seeds come from the dataset's own seed).
-        rank, world_size: this process's place in the distributed group.
+        rank, world_size: this process's place in the distributed group (None: from ``torch.distributed``).
         aspect_ratio_grouping, drop_last: see ``AspectRatioBatchSampler``.
         pin_memory: page-locked batches for faster host-to-GPU copies (useful with CUDA only).
     """

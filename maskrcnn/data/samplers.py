@@ -20,7 +20,7 @@ W * B - 1 images sit out the epoch (different ones each epoch).
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,15 +33,21 @@ class AspectRatioBatchSampler(torch.utils.data.Sampler):
         aspect_ratios: width / height of each image (``FashionDataset.aspect_ratios()``).
         batch_size: images per batch on this rank (the global batch divided by ``world_size``).
         seed: shuffling seed; must be the same on every rank.
-        rank, world_size: this process's place in the distributed group (0 and 1 when not distributed).
+        rank, world_size: this process's place in the distributed group; None (the default) asks
+            ``torch.distributed`` when it is initialized, else 0 and 1.
         group_by_aspect_ratio: keep landscape and portrait images in separate batches.
         shuffle: shuffle every epoch (False: dataset order, still sharded and padded).
         drop_last: truncate instead of pad to a multiple of ``world_size * batch_size`` (see module docstring).
     """
 
-    def __init__(self, aspect_ratios: Sequence[float], batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, group_by_aspect_ratio: bool = True, shuffle: bool = True,
+    def __init__(self, aspect_ratios: Sequence[float], batch_size: int, seed: int = 0, rank: Optional[int] = None,
+                 world_size: Optional[int] = None, group_by_aspect_ratio: bool = True, shuffle: bool = True,
                  drop_last: bool = False):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        if world_size is None:
+            world_size = torch.distributed.get_world_size() if distributed else 1
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:

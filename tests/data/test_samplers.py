@@ -2,6 +2,7 @@
 shards, the same number of full batches on every rank)."""
 
 import numpy as np
+import torch
 import pytest
 
 from maskrcnn.data.samplers import AspectRatioBatchSampler
@@ -103,3 +104,38 @@ def test_bad_arguments_are_named():
         AspectRatioBatchSampler([], 1)
     with pytest.raises(ValueError, match="drop_last"):
         AspectRatioBatchSampler([1.0] * 3, 2, world_size=2, drop_last=True)
+
+
+def _distributed_worker(rank, world_size, init_file, out_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    sampler = AspectRatioBatchSampler(ratios(23), 2, seed=7)  # rank and world size from torch.distributed
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    count = torch.tensor([len(batches)])
+    counts = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
+    dist.all_gather(counts, count)  # would hang if one rank stopped early
+    for _ in batches:
+        dist.all_reduce(torch.ones(1))  # one collective per step, as DDP does
+    with open(f"{out_file}.{rank}", "w") as f:
+        f.write(repr((sampler.rank, sampler.world_size, batches, [int(c) for c in counts])))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_real_gloo_group_ranks_get_disjoint_equal_work(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2)
+    results = [eval((tmp_path / f"out.{r}").read_text()) for r in range(2)]
+    assert [(r[0], r[1]) for r in results] == [(0, 2), (1, 2)]
+    assert results[0][3] == results[1][3] == [6, 6]  # 23 images padded to 24 = 2 ranks x 6 batches x 2
+    expected = [list(AspectRatioBatchSampler(ratios(23), 2, seed=7, rank=r, world_size=2)) for r in range(2)]
+    single = [AspectRatioBatchSampler(ratios(23), 2, seed=7, rank=r, world_size=2) for r in range(2)]
+    for s in single:
+        s.set_epoch(1)
+    assert [r[2] for r in results] == [list(s) for s in single]
+    assert [r[2] for r in results] != expected  # epoch 1 differs from epoch 0
+    flat = [i for r in results for b in r[2] for i in b]
+    assert set(flat) == set(range(23)) and len(flat) == 24
