@@ -15,7 +15,8 @@ Problems found (each named by the file and the field, e.g.
 It then prints the instances and images per class, the number of images without instances, and
 instance-size statistics (mask area, with COCO's small < 32^2 <= medium < 96^2 <= large buckets).
 ``--show N`` writes ground-truth overlays (masks, boxes, tags, legend) of the first N images with
-instances. The exit status is 1 when a problem was found, 0 otherwise.
+instances. The exit status is 1 when a problem was found, 2 when the dataset cannot be read at all
+(missing annotation file, bad config), 0 otherwise.
 """
 from __future__ import annotations
 
@@ -224,15 +225,25 @@ def _jobs(args: argparse.Namespace) -> list:
             options.pop(key)
         jobs.append((split, options.pop("format"), options.pop("annotations"), options.pop("images_dir"), options))
     if not jobs:
-        raise SystemExit(f"{args.config}: data.train_annotations and data.val_annotations are both empty")
+        raise ValueError(f"{args.config}: data.train_annotations and data.val_annotations are both empty")
     return jobs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the checker; returns 0 (no problem), 1 (problems found) or 2 (cannot read the dataset)."""
     args = _parse_args(argv)
     found = 0
-    for split, format, annotations, images_dir, options in _jobs(args):
-        report = check_dataset(format, annotations, images_dir, check_images=not args.no_images, **options)
+    try:
+        jobs = _jobs(args)
+    except (ValueError, FileNotFoundError) as e:  # config errors, unset annotation paths
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, format, annotations, images_dir, options in jobs:
+        try:
+            report = check_dataset(format, annotations, images_dir, check_images=not args.no_images, **options)
+        except (ValueError, FileNotFoundError) as e:  # a file that cannot be read at all
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(format_report(report, args.max_problems))
         found += len(report.problems)
         if args.show:

@@ -1,0 +1,94 @@
+"""The dataset checker finds every problem planted in the corrupted fixture set and names each one."""
+import os
+
+import pytest
+from PIL import Image
+
+from maskrcnn.tools.check_dataset import check_dataset, format_report, main
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "data")
+CORRUPT_JSON = os.path.join(FIXTURES, "corrupt", "annotations.json")
+CORRUPT_IMAGES = os.path.join(FIXTURES, "corrupt", "images")
+MODANET_JSON = os.path.join(FIXTURES, "modanet", "modanet2018_instances_train.json")
+MODANET_IMAGES = os.path.join(FIXTURES, "modanet", "images")
+
+# (where the problem is, what it says): one entry per planted defect, in the order reported.
+PLANTED = [
+    ("annotations.json: images[4].id", "duplicate image id 1"),
+    ("annotations.json: annotations[7].id", "duplicate annotation id 1"),
+    ("annotations.json: annotations[1].bbox", "degenerate box [3, 3, 0, 5]"),
+    ("annotations.json: annotations[2].segmentation[0]", "polygon with fewer than 3 points (2)"),
+    ("annotations.json: annotations[3].bbox", "out-of-image box [10, 10, 15, 4] (xywh): extends outside the 20x16 image"),
+    ("annotations.json: annotations[4].category_id", "unknown category 99"),
+    ("annotations.json: annotations[5].segmentation.size", "RLE of the wrong size [10, 10], the image is [16, 20]"),
+    ("annotations.json: annotations[6].bbox", "expected 4 numbers, got 3"),
+    ("annotations.json: annotations[8].image_id", "no image with id 9"),
+    ("images/missing.jpg (image_id 2)", "missing image file"),
+    ("images/broken.jpg (image_id 3)", "undecodable image"),
+    ("images/small.jpg (image_id 4)", "size mismatch: the image is 10x8 (w x h), the annotations say 20x16"),
+]
+
+
+def test_every_planted_problem_is_found_and_named():
+    report = check_dataset("coco", CORRUPT_JSON, CORRUPT_IMAGES)
+    assert len(report.problems) == len(PLANTED)
+    for problem, (where, message) in zip(report.problems, PLANTED):
+        assert problem.where.endswith(where), (problem.where, where)
+        assert problem.message.startswith(message), (problem.message, message)
+
+
+def test_statistics_of_the_corrupted_set():
+    report = check_dataset("coco", CORRUPT_JSON, CORRUPT_IMAGES)
+    # kept: image 1 (annotations 0 and 3), image 4 (the duplicate-id annotation 7); images 2, 3, 5 empty
+    assert (report.num_images, report.num_instances, report.num_empty_images) == (5, 3, 3)
+    assert report.per_class == [(1, "top", 1, 1), (2, "bag", 2, 2)]
+    assert sorted(report.areas) == [9, 30, 36]  # 3x3, 6x5, 9x4 (the out-of-image box's polygon)
+
+
+def test_clean_modanet_fixture_statistics():
+    report = check_dataset("coco", MODANET_JSON, MODANET_IMAGES)
+    assert report.problems == []
+    assert (report.num_images, report.num_instances, report.num_empty_images) == (3, 4, 1)
+    counts = {name: (instances, images) for _, name, instances, images in report.per_class}
+    assert counts["top"] == (1, 1) and counts["pants"] == (1, 1) and counts["belt"] == (0, 0)
+    assert sorted(report.areas) == [75, 96, 300, 450]
+    assert report.box_mask_disagreements == 1  # the bag: box [5, 5, 15, 15] vs mask [6, 8, 14, 20]
+    text = format_report(report)
+    assert "images: 3   instances: 4   images without instances: 1" in text
+    assert "min 75  median 198  mean 230.2  max 450" in text
+    assert "small 4  medium 0  large 0" in text
+
+
+def test_command_line_exit_status_and_overlays(tmp_path, capsys):
+    out = tmp_path / "overlays"
+    status = main(["--format", "coco", "--annotations", CORRUPT_JSON, "--images", CORRUPT_IMAGES])
+    assert status == 1
+    assert "problems: 12" in capsys.readouterr().out
+    status = main(["--format", "coco", "--annotations", MODANET_JSON, "--images", MODANET_IMAGES,
+                   "--show", "5", "--out", str(out)])
+    assert status == 0
+    written = sorted(os.listdir(out))
+    assert written == ["1_0000001.png", "2_0000002.png"]  # image 3 has no instances
+    with Image.open(out / written[0]) as overlay:
+        assert overlay.size == (40, 60)
+
+
+def test_config_mode(tmp_path, capsys):
+    config = tmp_path / "modanet.yaml"
+    config.write_text(f"data:\n  format: coco\n  train_annotations: {MODANET_JSON}\n"
+                      f"  train_images: {MODANET_IMAGES}\n")
+    assert main(["--config", str(config)]) == 0
+    assert "images: 3   instances: 4" in capsys.readouterr().out
+    assert main(["--config", str(config), "data.train_annotations=" + CORRUPT_JSON,
+                 "data.train_images=" + CORRUPT_IMAGES]) == 1
+    assert main(["--config", str(config), "--split", "val"]) == 2  # data.val_annotations is not set
+    assert "data.val_annotations is not set" in capsys.readouterr().err
+    assert main(["--format", "coco", "--annotations", str(tmp_path / "none.json")]) == 2
+    assert "none.json: annotation file not found" in capsys.readouterr().err
+
+
+def test_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        main([])
+    with pytest.raises(SystemExit):
+        main(["--annotations", CORRUPT_JSON])
