@@ -23,7 +23,7 @@ from .records import (
 )
 
 # Training pipeline (part B): Dataset, augmentations, batching, the synthetic set.
-from .collate import collate, make_train_loader, to_device, train_batches
+from .collate import build_train_loader, collate, make_train_loader, to_device, train_batches
 from .dataset import FashionDataset, read_image
 from .samplers import AspectRatioBatchSampler
 from .synthetic import generate_synthetic_dataset

@@ -4,7 +4,7 @@ Detection images differ in size, so a batch is *not* stacked into one tensor her
 and a list of targets. The model's transform stage resizes, normalizes and pads them (DESIGN.md), so padding
 happens once, on the device, with the model's own settings::
 
-    loader = make_train_loader(dataset, images_per_rank=2, num_workers=2, seed=0)
+    loader = build_train_loader(cfg, load_split(cfg, "train"))   # or make_train_loader(dataset, ...)
     for epoch, images, targets in train_batches(loader):
         images, targets = to_device(images, targets, device)
         losses = model(images, targets)
@@ -15,7 +15,9 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from .dataset import FashionDataset
 from .samplers import AspectRatioBatchSampler
+from .transforms import build_augmentations
 
 
 def collate(batch: Sequence[tuple]) -> Tuple[List[torch.Tensor], List[dict]]:
@@ -67,3 +69,26 @@ def train_batches(loader: torch.utils.data.DataLoader, start_epoch: int = 0) -> 
         for images, targets in loader:
             yield epoch, images, targets
         epoch += 1
+
+
+def build_train_loader(cfg, records, world_size: Optional[int] = None, rank: Optional[int] = None,
+                       cuda: bool = False) -> torch.utils.data.DataLoader:
+    """The training DataLoader wired from the config: ``data.augment``, ``data.strict``, ``dataloader.*``,
+    ``solver.ims_per_batch`` (the global batch, split over ``world_size`` ranks) and ``seed``.
+
+    ``records`` is a list of records or a ``RecordSet`` (``maskrcnn.data.load_split(cfg, "train")``); ``cuda``
+    turns on ``dataloader.pin_memory``. ``loader.dataset`` is the ``FashionDataset`` (for its skip counts).
+    """
+    if world_size is None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world_size = torch.distributed.get_world_size() if distributed else 1
+    batch = cfg.solver.ims_per_batch
+    if batch % world_size:
+        raise ValueError(f"solver.ims_per_batch={batch} is the global batch and must be divisible by the "
+                         f"{world_size} processes")
+    dataset = FashionDataset(records, augmentations=build_augmentations(cfg.data.augment),
+                             strict=cfg.data.strict, seed=cfg.seed)
+    return make_train_loader(dataset, images_per_rank=batch // world_size, num_workers=cfg.dataloader.num_workers,
+                             seed=cfg.seed, rank=rank, world_size=world_size,
+                             aspect_ratio_grouping=cfg.dataloader.aspect_ratio_grouping,
+                             drop_last=cfg.dataloader.drop_last, pin_memory=cfg.dataloader.pin_memory and cuda)

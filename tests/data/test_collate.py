@@ -1,6 +1,7 @@
 """collate / to_device / make_train_loader / train_batches: lists not stacks, order kept, and the same batches
 whatever the number of worker processes."""
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -85,3 +86,24 @@ def test_distributed_loaders_split_the_epoch(tmp_path):
         assert len(loader) == 2
         ids.append([i for b in take(loader, 2) for i in b[2]])
     assert not set(ids[0]) & set(ids[1]) and set(ids[0]) | set(ids[1]) == set(range(1, 9))
+
+
+def test_build_train_loader_wires_the_config(tmp_path):
+    from maskrcnn.config import load_config
+    from maskrcnn.data.collate import build_train_loader
+
+    records = tiny_dataset(tmp_path).records
+    cfg = load_config(overrides=["solver.ims_per_batch=4", "dataloader.num_workers=0", "data.strict=true",
+                                 "data.augment.hflip.prob=1.0", "seed=5"])
+    loader = build_train_loader(cfg, records, world_size=2, rank=1)
+    assert loader.batch_sampler.batch_size == 2 and loader.batch_sampler.rank == 1
+    assert loader.dataset.strict and loader.dataset.seed == 5
+    assert [type(a).__name__ for a in loader.dataset.augmentations.augmentations] == ["RandomHorizontalFlip"]
+    _, images, targets = next(train_batches(loader))
+    assert len(images) == 2
+    # hflip always on: the square [2, 12) x [3, 13) lands at [W - 12, W - 2)
+    for image, target in zip(images, targets):
+        width = image.shape[-1]
+        assert target["boxes"].tolist() == [[width - 12, 3, width - 2, 13]]
+    with pytest.raises(ValueError, match="ims_per_batch=4"):
+        build_train_loader(cfg, records, world_size=3)
