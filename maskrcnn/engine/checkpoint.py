@@ -1,0 +1,249 @@
+"""Training-state checkpoints: save everything a run needs to continue exactly, and load it back.
+
+A checkpoint is one ``torch.save``-d dict:
+
+    {"format": "maskrcnn-train-state", "version": 1,
+     "iteration": int,                 # updates completed; the resumed run starts at this iteration
+     "model": state_dict, "optimizer": state_dict, "scheduler": state_dict, "grad_scaler": state_dict,
+     "config": dict, "class_names": [str, ...],
+     "rng_states": [per-rank {python, numpy, torch, cuda}], "extra": dict}
+
+Everything in it is a tensor or a plain Python value (dict, list, tuple, str, int, float, bool, None),
+so it loads with ``torch.load(..., weights_only=True)``, which refuses to run code from the file. RNG
+states are converted accordingly (NumPy's key array becomes a tensor).
+
+Files are ``model_{iteration:07d}.pth`` in the output folder, written atomically: to a temporary file
+in the same folder, flushed and fsync-ed, then ``os.replace``-d onto the final name, so a run killed
+mid-write never leaves a truncated checkpoint under a real name. A small text file ``last_checkpoint``
+names the newest one; when it is missing or stale, the folder is scanned instead.
+
+This is the training state. Converting torchvision weights into this model is ``maskrcnn/checkpoint.py``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "maskrcnn-train-state"
+VERSION = 1
+LAST_CHECKPOINT_FILE = "last_checkpoint"
+_NAME_PATTERN = re.compile(r"^model_(\d+)\.pth$")
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG states as weights_only-friendly values
+# ----------------------------------------------------------------------------------------------
+def get_rng_states() -> Dict[str, Any]:
+    """This process's RNG states: Python's ``random``, NumPy's global generator, torch CPU and CUDA.
+
+    Values: ``python`` a tuple of ints (``random.getstate()``), ``numpy`` a dict with the 624 MT19937
+    keys as an int64 tensor, ``torch`` a uint8 tensor, ``cuda`` a list of uint8 tensors (one per
+    visible GPU; empty without CUDA).
+    """
+    version, internal, gauss_next = random.getstate()
+    bit_generator, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    return {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {
+            "bit_generator": str(bit_generator),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore the states returned by ``get_rng_states`` (CUDA only when it was saved and is available)."""
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    n = states["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["bit_generator"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(states["torch"])
+    cuda_states = states.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) != torch.cuda.device_count():
+            raise ValueError(
+                f"checkpoint holds CUDA RNG states for {len(cuda_states)} GPUs, "
+                f"this process sees {torch.cuda.device_count()}"
+            )
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+def checkpoint_path(output_dir: str, iteration: int) -> str:
+    """``{output_dir}/model_{iteration:07d}.pth`` (the file name sorts by iteration)."""
+    return os.path.join(output_dir, f"model_{iteration:07d}.pth")
+
+
+def _fsync_directory(folder: str) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
+
+    On any error the temporary file is removed and ``path`` is untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # A hidden name in the same folder (os.replace is atomic only within one file system); the
+    # process id keeps two writers apart, and open(..., "xb") respects the umask, unlike mkstemp.
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    if os.path.exists(tmp):  # left by a killed earlier process that had the same id
+        os.remove(tmp)
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(folder)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside ``DistributedDataParallel`` / ``DataParallel`` (their ``.module``)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def save_checkpoint(
+    path: str,
+    *,
+    model: nn.Module,
+    iteration: int,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+    grad_scaler: Optional[Any] = None,
+    config: Optional[Mapping] = None,
+    class_names: Optional[Sequence[str]] = None,
+    rng_states: Optional[List[Dict[str, Any]]] = None,
+    extra: Optional[Mapping] = None,
+    update_last: bool = True,
+) -> str:
+    """Write the training state to ``path`` atomically; return ``path``.
+
+    Args:
+        iteration: updates completed (a resumed run starts its loop at this iteration).
+        config: the run's config as plain data (``Config.to_dict()``; a ``Config`` is converted).
+        rng_states: one ``get_rng_states()`` dict per rank, in rank order (gather them with
+            ``distributed.all_gather_object`` on every rank, then save on rank 0); defaults to this
+            process's states as the only entry.
+        extra: any further plain data (e.g. the data sampler's position).
+        update_last: also point ``last_checkpoint`` in the same folder at this file.
+
+    Call on one process only (rank 0).
+    """
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "iteration": int(iteration),
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+        "config": dict(config) if config is not None else None,
+        "class_names": list(class_names) if class_names is not None else None,
+        "rng_states": rng_states if rng_states is not None else [get_rng_states()],
+        "extra": dict(extra) if extra is not None else {},
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+    if update_last:
+        name = os.path.basename(path).encode()
+        atomic_write(os.path.join(os.path.dirname(os.path.abspath(path)), LAST_CHECKPOINT_FILE), lambda f: f.write(name))
+    return path
+
+
+def find_last_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest checkpoint in ``output_dir``: the one ``last_checkpoint`` names, if that file exists,
+    else the ``model_*.pth`` with the highest iteration; ``None`` when there is none."""
+    if not os.path.isdir(output_dir):
+        return None
+    pointer = os.path.join(output_dir, LAST_CHECKPOINT_FILE)
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            named = os.path.join(output_dir, f.read().strip())
+        if os.path.isfile(named):
+            return named
+    found = []
+    for name in os.listdir(output_dir):
+        match = _NAME_PATTERN.match(name)
+        if match:
+            found.append((int(match.group(1)), name))
+    return os.path.join(output_dir, max(found)[1]) if found else None
+
+
+def load_checkpoint(
+    path: str,
+    *,
+    model: Optional[nn.Module] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+    grad_scaler: Optional[Any] = None,
+    restore_rng: bool = True,
+    rank: int = 0,
+    map_location: Any = "cpu",
+) -> Dict[str, Any]:
+    """Load a training-state checkpoint into the given objects; return the whole dict.
+
+    The file is read with ``weights_only=True``. Each object passed is restored from its entry
+    (``model`` strictly: every key must match). ``restore_rng`` sets this process's RNG states to the
+    entry for ``rank``; a checkpoint saved by fewer ranks than ``rank + 1`` raises (the run cannot
+    continue exactly with a different number of processes: pass ``restore_rng=False`` to continue anyway).
+    A scaler saved while disabled (empty state) leaves ``grad_scaler`` as it is.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"{path}: not a maskrcnn training-state checkpoint (no format={FORMAT!r}); "
+            "model weights from torchvision load through maskrcnn/checkpoint.py instead"
+        )
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", grad_scaler)):
+        if target is not None and state[name] is None:
+            raise ValueError(f"{path}: has no {name} state to restore")
+    if model is not None:
+        _unwrap(model).load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if grad_scaler is not None and state["grad_scaler"]:
+        grad_scaler.load_state_dict(state["grad_scaler"])
+    if restore_rng:
+        saved = state["rng_states"]
+        if rank >= len(saved):
+            raise ValueError(
+                f"{path}: holds RNG states for {len(saved)} rank(s), cannot restore rank {rank}; "
+                "resume with the same number of processes, or pass restore_rng=False"
+            )
+        set_rng_states(saved[rank])
+    return state
