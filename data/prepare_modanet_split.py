@@ -15,7 +15,8 @@ get their exact share; common ones, which also ride along with rarer ones, come 
 
 The outputs keep ``info``, ``licenses`` and ``categories``; annotation ids are renumbered from 1 in each
 file (ModaNet's start at 0, which COCOeval treats as "no match"), unless ``--keep-ids``. Writes
-``modanet_train.json`` and ``modanet_val.json`` and prints per-category counts.
+``modanet_train.json`` and ``modanet_val.json`` (``--prefix`` changes the names: any COCO JSON, e.g.
+the converted iMaterialist file, can be split the same way) and prints per-category counts.
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
     parser.add_argument("--out-dir", required=True, help="folder for modanet_train.json and modanet_val.json")
     parser.add_argument("--keep-ids", action="store_true", help="keep the source annotation ids")
+    parser.add_argument("--prefix", default="modanet",
+                        help="output names <prefix>_train.json / <prefix>_val.json (any COCO JSON can be split)")
     args = parser.parse_args(argv)
     with open(args.annotations) as f:
         data = json.load(f)
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out_dir, exist_ok=True)
     splits = {"train": subset(data, train_ids, args.keep_ids), "val": subset(data, val_ids, args.keep_ids)}
     for name, split in splits.items():
-        path = os.path.join(args.out_dir, f"modanet_{name}.json")
+        path = os.path.join(args.out_dir, f"{args.prefix}_{name}.json")
         with open(path, "w") as f:
             json.dump(split, f)
         print(f"wrote {path}: {len(split['images'])} images, {len(split['annotations'])} annotations")
