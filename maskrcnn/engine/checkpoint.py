@@ -63,14 +63,18 @@ def get_rng_states() -> Dict[str, Any]:
 
 
 def set_rng_states(states: Mapping[str, Any]) -> None:
-    """Restore the states returned by ``get_rng_states`` (CUDA only when it was saved and is available)."""
+    """Restore the states returned by ``get_rng_states`` (CUDA only when it was saved and is available).
+
+    The tensors may sit on any device (a checkpoint loaded with ``map_location="cuda"``): generators
+    take their states as CPU byte tensors, so they are moved back first.
+    """
     py = states["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
     n = states["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state((n["bit_generator"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(states["torch"])
-    cuda_states = states.get("cuda") or []
+    torch.set_rng_state(states["torch"].cpu())
+    cuda_states = [state.cpu() for state in states.get("cuda") or []]
     if cuda_states and torch.cuda.is_available():
         if len(cuda_states) != torch.cuda.device_count():
             raise ValueError(

@@ -23,7 +23,7 @@ treats a ground-truth annotation id of 0 as "unmatched", so ids are always renum
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch

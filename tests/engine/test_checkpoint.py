@@ -173,3 +173,17 @@ def test_load_errors(tmp_path):
     assert load_checkpoint(path, rank=1, restore_rng=False)["iteration"] == 3
     with pytest.raises(RuntimeError, match="size mismatch"):
         load_checkpoint(path, model=nn.Linear(3, 2))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rng_states_restore_from_a_checkpoint_mapped_to_the_gpu(tmp_path):
+    # The trainer loads with map_location=device; generators need their states back on the CPU.
+    torch.cuda.manual_seed_all(3)
+    path = save_checkpoint(str(tmp_path / "model_0000001.pth"), model=nn.Linear(2, 2), iteration=1)
+    first = (torch.rand(2).tolist(), torch.rand(2, device="cuda").tolist(), np.random.rand(2).tolist())
+    torch.cuda.manual_seed_all(4)
+    state = load_checkpoint(path, map_location="cuda")
+    assert state["rng_states"][0]["torch"].device.type == "cuda"
+    second = (torch.rand(2).tolist(), torch.rand(2, device="cuda").tolist(), np.random.rand(2).tolist())
+    assert first == second

@@ -1,6 +1,5 @@
 """Training-stage presets on a tiny stand-in model with the real model's names, and stage planning."""
 import pytest
-import torch
 from torch import nn
 
 from maskrcnn.engine.stages import (
