@@ -176,4 +176,16 @@ DEFAULTS = {
         "overlays": K(16, "Validation images drawn with their predictions at the final evaluation (overlays/*.png); -1 = all, 0 = none."),
         "overlay_score_thresh": K(0.5, "Detections scoring below this are left off the overlay pictures (the confusion matrix's operating point)."),
     },
+    # Inference (infer.py, maskrcnn.Predictor; maskrcnn/inference/). Command-line options override these.
+    "infer": {
+        "score_thresh": K(0.5, "Detections scoring below this are left out of every output; 0.5 suits pictures and auto-annotation (use 0.05 for a COCO results file scored by AP, which rewards low-score detections)."),
+        "max_detections": K(100, "Most detections kept per image, best first, after the score and class filters; COCO's 100 is far above the 1-20 items of a fashion photo (replaces model.roi_heads.detections_per_img)."),
+        "classes": K([], "Class names to keep, e.g. [dress, bag]; empty = every class of the checkpoint.", type=str),
+        "mask_threshold": K(0.5, "Mask probabilities above this are foreground in the written masks (RLE, overlays, crops); 0.5 as in training and evaluation."),
+        "batch_size": K(1, "Images per forward pass; 1 keeps each image's result independent of its batch-mates (padding to a common size changes the anchors the RPN ranks). Raise it on a GPU for throughput."),
+        "num_workers": K(2, "Processes decoding images in the background while the model runs; 0 decodes in the main process."),
+        "max_decoded_side": K(4096, "Images whose longer side exceeds this are first shrunk by the smallest integer factor (box average) that brings it within; boxes and masks still come in original pixels. The model resizes to input.max_size anyway, so this only bounds memory for huge photos."),
+        "max_image_pixels": K(178956970, "Images with more pixels are reported and skipped (Pillow's decompression-bomb guard; this is the size at which Pillow itself refuses, twice its warning level); 0 = no limit."),
+        "overlay_max_side": K(2048, "Overlay pictures of larger images are scaled down to this longer side; 0 = full size."),
+    },
 }
