@@ -1,0 +1,128 @@
+"""Weights: the torchvision / ImageNet converter and the class-count-aware loader with its report table."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from maskrcnn.checkpoint import (PREDICTOR_PREFIXES, convert_torchvision, load_model_weights, load_weights_file,
+                                 torchvision_name_map)
+from maskrcnn.config import load_config
+from maskrcnn.modeling import build_model
+
+from test_parity_support import load_key_list, rebuild_reference_weights
+
+
+class NotAllowed:
+    """An arbitrary Python object: ``weights_only=True`` must refuse to unpickle it."""
+
+
+@pytest.fixture(scope="module")
+def torchvision_weights():
+    return rebuild_reference_weights(load_key_list())  # torchvision layout, 14 classes with background
+
+
+@pytest.fixture(scope="module")
+def model_5_classes():
+    return build_model(load_config(overrides=["model.num_classes=5"]))
+
+
+def imagenet_layout(torchvision_weights):
+    """What torchvision's ImageNet resnet50 state dict looks like: trunk names, BN counters and the classifier."""
+    state = {name[len("backbone.body."):]: value for name, value in torchvision_weights.items()
+             if name.startswith("backbone.body.")}
+    for name in [n for n in state if n.endswith("running_var")]:
+        state[name.replace("running_var", "num_batches_tracked")] = torch.tensor(7)
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 2048), torch.randn(1000)
+    return state
+
+
+def test_imagenet_resnet50_fills_the_backbone_trunk_only(torchvision_weights, model_5_classes, capsys):
+    converted = convert_torchvision(imagenet_layout(torchvision_weights))
+    assert len(converted) == 265 and all(name.startswith("backbone.resnet.") for name in converted)
+    report = load_model_weights(model_5_classes, imagenet_layout(torchvision_weights))
+    assert len(report["loaded"]) == 265 and report["skipped"] == [] and report["reinitialized"] == []
+    assert all(not name.startswith("backbone.resnet.") for name in report["missing"])
+    own = model_5_classes.state_dict()
+    assert torch.equal(own["backbone.resnet.res4.5.conv2.weight"], torchvision_weights["backbone.body.layer3.5.conv2.weight"])
+    assert torch.equal(own["backbone.resnet.stem.norm.running_var"], torchvision_weights["backbone.body.bn1.running_var"])
+    assert "loaded" in capsys.readouterr().out
+
+
+def test_other_class_count_reinitializes_only_the_predictors(torchvision_weights, model_5_classes, capsys):
+    before = {k: v.clone() for k, v in model_5_classes.state_dict().items() if k.startswith(PREDICTOR_PREFIXES)}
+    report = load_model_weights(model_5_classes, torchvision_weights)
+    assert sorted(report["reinitialized"]) == sorted(before)
+    assert len(before) == 6 and len(report["loaded"]) == 307 - 6
+    assert report["skipped"] == [] and report["missing"] == []
+    own = model_5_classes.state_dict()
+    for name, value in before.items():  # predictors keep their fresh initialization
+        assert torch.equal(own[name], value)
+    assert torch.equal(own["roi_heads.box_head.fc2.weight"], torchvision_weights["roi_heads.box_head.fc7.weight"])
+    table = capsys.readouterr().out
+    assert "reinitialized      6" in table and "loaded           301" in table
+
+
+def test_other_mismatches_are_errors(model_5_classes):
+    state = {"backbone.fpn.output_convs.0.weight": torch.zeros(256, 256, 1, 1)}
+    with pytest.raises(ValueError, match=r"backbone\.fpn\.output_convs\.0\.weight"):
+        load_model_weights(model_5_classes, state, verbose=False)
+    report = load_model_weights(model_5_classes, {"not.a.parameter": torch.zeros(1)}, verbose=False)
+    assert report["skipped"] == ["not.a.parameter"]
+
+
+def test_every_torchvision_name_has_the_documented_counterpart():
+    mapping = torchvision_name_map([name for name, _ in load_key_list()])
+    assert len(mapping) == 307 and len(set(mapping.values())) == 307
+    assert mapping["backbone.body.layer1.0.downsample.1.bias"] == "backbone.resnet.res2.0.shortcut.norm.bias"
+    assert mapping["backbone.fpn.inner_blocks.3.0.weight"] == "backbone.fpn.lateral_convs.3.weight"
+    assert mapping["backbone.fpn.layer_blocks.0.0.bias"] == "backbone.fpn.output_convs.0.bias"
+    assert mapping["rpn.head.conv.0.0.weight"] == "rpn.head.conv.weight"
+    assert mapping["rpn.head.cls_logits.weight"] == "rpn.head.objectness.weight"
+    assert mapping["roi_heads.box_head.fc6.weight"] == "roi_heads.box_head.fc1.weight"
+    assert mapping["roi_heads.box_predictor.bbox_pred.bias"] == "roi_heads.box_predictor.box_deltas.bias"
+    assert mapping["roi_heads.mask_head.3.0.weight"] == "roi_heads.mask_head.convs.3.weight"
+    assert mapping["roi_heads.mask_predictor.conv5_mask.weight"] == "roi_heads.mask_head.deconv.weight"
+    assert mapping["roi_heads.mask_predictor.mask_fcn_logits.bias"] == "roi_heads.mask_head.logits.bias"
+
+
+def test_older_torchvision_layouts_convert(torchvision_weights):
+    old = dict(torchvision_weights)
+    old["rpn.head.conv.weight"] = old.pop("rpn.head.conv.0.0.weight")
+    for i in range(4):
+        old[f"roi_heads.mask_head.mask_fcn{i + 1}.weight"] = old.pop(f"roi_heads.mask_head.{i}.0.weight")
+    converted = convert_torchvision(old)
+    assert torch.equal(converted["rpn.head.conv.weight"], torchvision_weights["rpn.head.conv.0.0.weight"])
+    assert torch.equal(converted["roi_heads.mask_head.convs.2.weight"],
+                       torchvision_weights["roi_heads.mask_head.2.0.weight"])
+
+
+def test_unknown_layouts_are_refused():
+    with pytest.raises(ValueError, match="neither a torchvision detection checkpoint"):
+        convert_torchvision({"encoder.weight": torch.zeros(1)})
+
+
+def test_weight_files_load_safely(tmp_path, torchvision_weights):
+    path = tmp_path / "checkpoint.pt"
+    small = {k: v for k, v in torchvision_weights.items() if k.startswith("rpn.")}
+    torch.save({"model": small, "iteration": 12}, path)
+    loaded = load_weights_file(str(path))
+    assert sorted(loaded) == sorted(small) and torch.equal(loaded["rpn.head.bbox_pred.bias"],
+                                                           small["rpn.head.bbox_pred.bias"])
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": NotAllowed()}, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        load_weights_file(str(evil))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_weights_file(str(tmp_path / "missing.pt"))
+
+
+def test_build_model_loads_model_weights_from_the_config(tmp_path, torchvision_weights, capsys):
+    path = tmp_path / "torchvision.pt"
+    torch.save(torchvision_weights, path)
+    model = build_model(load_config(overrides=["model.num_classes=13", f"model.weights={path}"]))
+    assert torch.equal(model.state_dict()["roi_heads.mask_head.logits.weight"],
+                       torchvision_weights["roi_heads.mask_predictor.mask_fcn_logits.weight"])
+    assert "loaded           307" in capsys.readouterr().out

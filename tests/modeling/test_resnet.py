@@ -1,0 +1,90 @@
+"""ResNet trunk: FrozenBatchNorm2d arithmetic, output shapes per depth, stage freezing, torchvision names."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskrcnn.modeling.resnet import FrozenBatchNorm2d, ResNet, resnet_state_dict_names
+
+
+def test_frozen_batchnorm_is_the_batchnorm_formula_in_float64():
+    torch.manual_seed(0)
+    norm = FrozenBatchNorm2d(5, eps=1e-5).double()
+    norm.weight.copy_(torch.randn(5, dtype=torch.float64))
+    norm.bias.copy_(torch.randn(5, dtype=torch.float64))
+    norm.running_mean.copy_(torch.randn(5, dtype=torch.float64))
+    norm.running_var.copy_(torch.rand(5, dtype=torch.float64) + 0.5)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    expected = torch.empty_like(x)
+    for c in range(5):  # the textbook formula, channel by channel
+        expected[:, c] = (x[:, c] - norm.running_mean[c]) / torch.sqrt(norm.running_var[c] + 1e-5) * norm.weight[c] \
+            + norm.bias[c]
+    torch.testing.assert_close(norm(x), expected, rtol=0, atol=1e-12)
+
+
+def test_frozen_batchnorm_has_buffers_only_and_ignores_train_mode():
+    norm = FrozenBatchNorm2d(3)
+    assert list(norm.parameters()) == []
+    assert sorted(dict(norm.named_buffers())) == ["bias", "running_mean", "running_var", "weight"]
+    x = torch.randn(4, 3, 2, 2)
+    norm.train()
+    out_train = norm(x)
+    norm.eval()
+    assert torch.equal(out_train, norm(x))
+    torch.testing.assert_close(out_train, x / (1 + 1e-5) ** 0.5)  # identity statistics
+
+
+@pytest.mark.parametrize("depth, channels", [(18, [64, 128, 256, 512]), (34, [64, 128, 256, 512]),
+                                             (50, [256, 512, 1024, 2048])])
+def test_outputs_are_c2_to_c5_with_strides_4_to_32(depth, channels):
+    model = ResNet(depth, frozen_stages=0).eval()
+    assert model.out_channels == channels
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape) for o in outputs] == [(1, c, 64 // s, 96 // s) for c, s in zip(channels, (4, 8, 16, 32))]
+
+
+@pytest.mark.parametrize("depth, torchvision_total", [(50, 25_557_032), (101, 44_549_160)])
+def test_parameter_count_matches_torchvision_classifier(depth, torchvision_total):
+    """torchvision's published parameter counts (resnet50 / resnet101 with BN and the 1000-way FC): our
+    conv weights + the frozen norms' weight and bias + a 2048 x 1000 FC must add up to them."""
+    model = ResNet(depth)
+    conv = sum(p.numel() for p in model.parameters())
+    norm_affine = sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
+    assert conv + norm_affine + 2048 * 1000 + 1000 == torchvision_total
+
+
+def test_freezing_matches_torchvision_trainable_layers():
+    # FACTS.md: torchvision's trainable_layers = 0..5 freezes the first 53, 43, 24, 11, 1, 0 parameters.
+    model = ResNet(50)
+    for trainable_layers, frozen_count in zip(range(6), (53, 43, 24, 11, 1, 0)):
+        model.freeze(5 - trainable_layers)
+        flags = [p.requires_grad for p in model.parameters()]
+        assert len(flags) == 53
+        assert flags == [False] * frozen_count + [True] * (53 - frozen_count)
+
+
+def test_frozen_stages_get_no_gradient():
+    model = ResNet(18, frozen_stages=2)
+    sum(o.sum() for o in model(torch.randn(1, 3, 64, 64))).backward()
+    assert model.stem.conv.weight.grad is None and model.res2[0].conv1.weight.grad is None
+    assert model.res3[0].conv1.weight.grad is not None
+
+
+def test_torchvision_names_cover_every_tensor_once():
+    for depth in (18, 50):
+        names = resnet_state_dict_names(depth)
+        ours = set(ResNet(depth).state_dict())
+        assert set(names.values()) == ours
+        assert len(names) == len(ours)
+    names50 = resnet_state_dict_names(50)
+    assert names50["layer1.0.downsample.0.weight"] == "res2.0.shortcut.conv.weight"
+    assert names50["layer4.2.bn3.running_var"] == "res5.2.norm3.running_var"
+    assert "layer1.0.downsample.0.weight" not in resnet_state_dict_names(18)  # basic blocks keep 64 channels
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="depth=42"):
+        ResNet(42)
+    with pytest.raises(ValueError, match="frozen_stages=6"):
+        ResNet(50, frozen_stages=6)
