@@ -42,7 +42,7 @@ def _parse_runs(counts: str, height: int, width: int) -> tuple:
     if len(tokens) % 2:
         raise ValueError(f"odd number of values ({len(tokens)}): expected 'start length' pairs")
     try:
-        values = np.array([int(t) for t in tokens], dtype=np.int64)
+        values = np.array(tokens, dtype=np.int64)  # numpy parses the decimal strings
     except ValueError:
         raise ValueError("expected integers") from None
     starts, lengths = values[0::2] - 1, values[1::2]  # 1-indexed -> 0-indexed
@@ -88,26 +88,28 @@ def to_coco_rle(counts: str, height: int, width: int) -> dict:
     """iMaterialist RLE -> compressed COCO RLE ``{"size": [h, w], "counts": str}``, without a mask.
 
     Runs are sorted and overlapping or touching runs are united first, so the result equals
-    ``rle_decode`` for any valid input.
+    ``rle_decode`` for any valid input. Vectorized: a row of the real CSV has up to thousands of runs.
     """
     height, width = int(height), int(width)
     starts, lengths = _parse_runs(counts, height, width)
     order = np.argsort(starts, kind="stable")
-    coco_counts, position = [], 0  # position: first pixel not yet covered by a finished run
-    run_start = run_end = None
-    for start, end in zip(starts[order].tolist(), (starts + lengths)[order].tolist()):
-        if run_end is not None and start <= run_end:  # overlaps or touches the current run
-            run_end = max(run_end, end)
-            continue
-        if run_end is not None:
-            coco_counts += [run_start - position, run_end - run_start]
-            position = run_end
-        run_start, run_end = start, end
-    if run_end is not None:
-        coco_counts += [run_start - position, run_end - run_start]
-        position = run_end
-    if position < height * width or not coco_counts:  # trailing zeros (none when a run ends the mask,
-        coco_counts.append(height * width - position)  # as pycocotools' own encoder writes it)
+    starts, ends = starts[order], (starts + lengths)[order]  # 0-indexed [start, end) runs, sorted
+    if starts.size:
+        # A run opens a new united run when it starts after every earlier run has ended.
+        reach = np.maximum.accumulate(ends)                        # furthest end so far
+        opens = np.ones(starts.size, dtype=bool)
+        opens[1:] = starts[1:] > reach[:-1]
+        first = np.flatnonzero(opens)
+        run_starts = starts[first]
+        run_ends = np.maximum.reduceat(ends, first)
+        gaps = run_starts - np.concatenate([[0], run_ends[:-1]])   # zeros before each run
+        coco_counts = np.stack([gaps, run_ends - run_starts], axis=1).reshape(-1)  # (R, 2) -> (2R,)
+        tail = height * width - int(run_ends[-1])
+    else:
+        coco_counts, tail = np.zeros(0, dtype=np.int64), height * width
+    coco_counts = coco_counts.tolist()
+    if tail > 0 or not coco_counts:  # pycocotools writes no trailing zero run when a run ends the mask
+        coco_counts.append(tail)
     rle = coco_mask.frPyObjects({"size": [height, width], "counts": coco_counts}, height, width)
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 

@@ -146,5 +146,5 @@ def clean_segmentation(value, height: int, width: int, where: str, problems: Pro
         if error:
             problems.report(f"{where}[{i}]", error)
         else:
-            polygons.append([float(v) for v in polygon])
+            polygons.append(list(map(float, polygon)))
     return polygons or None

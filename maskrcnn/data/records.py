@@ -31,6 +31,7 @@ of its vertices. pycocotools rasterizes a polygon so that the two agree for inte
 """
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ __all__ = [
     "RecordSet",
     "validate_record",
     "segmentation_to_mask",
+    "segmentation_to_rle",
+    "segmentation_box",
     "segmentation_area",
     "polygons_to_box",
     "mask_to_box",
@@ -90,14 +93,18 @@ def xywh_to_xyxy(box) -> list:
 
 
 def _is_number(value) -> bool:
+    """An int or float (numpy scalars included), not a bool."""
+    kind = type(value)
+    if kind is float or kind is int:  # fast path: JSON numbers
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def polygon_error(polygon) -> str | None:
     """Why ``polygon`` is not a flat ``[x0, y0, x1, y1, ...]`` list of >= 3 finite points, or None if it is."""
-    if not isinstance(polygon, (list, tuple)) or not all(_is_number(v) for v in polygon):
+    if not isinstance(polygon, (list, tuple)) or not all(map(_is_number, polygon)):
         return "expected a flat list of numbers [x0, y0, x1, y1, ...]"
-    if not all(np.isfinite(float(v)) for v in polygon):
+    if not all(map(math.isfinite, polygon)):
         return "coordinates are not finite"
     if len(polygon) % 2:
         return f"odd number of coordinates ({len(polygon)})"
@@ -154,6 +161,25 @@ def _to_rle(segmentation, height: int, width: int, where: str) -> dict:
     # Note: pycocotools would read a 4-number "polygon" as a box; _check_polygons rules that out.
     rles = coco_mask.frPyObjects([list(map(float, p)) for p in segmentation], height, width)
     return coco_mask.merge(rles)
+
+
+def segmentation_to_rle(segmentation, height: int, width: int, where: str = "segmentation") -> dict:
+    """Any record segmentation -> one compressed pycocotools RLE dict (``counts`` as bytes).
+
+    Cheaper than a mask for area and box: ``pycocotools.mask.area`` / ``toBbox`` work on the runs.
+    Raises ValueError naming ``where`` for malformed input (see :func:`segmentation_to_mask`).
+    """
+    return _to_rle(segmentation, int(height), int(width), where)
+
+
+def segmentation_box(segmentation, height: int, width: int, where: str = "segmentation") -> list:
+    """Whole-pixel ``[x1, y1, x2, y2]`` of a segmentation's rasterized mask, computed from its RLE.
+
+    Equals ``mask_to_box(segmentation_to_mask(...))`` without building the (H, W) mask; an empty
+    mask gives ``[0, 0, 0, 0]``.
+    """
+    x, y, w, h = (float(v) for v in coco_mask.toBbox(segmentation_to_rle(segmentation, height, width, where)))
+    return [x, y, x + w, y + h] if w > 0 else [0.0, 0.0, 0.0, 0.0]
 
 
 def segmentation_to_mask(segmentation, height: int, width: int, where: str = "segmentation") -> np.ndarray:
@@ -377,7 +403,7 @@ def build_annotation(
         if box is None:
             return None
     if box is None:
-        box = [float(v) for v in mask_to_box(segmentation_to_mask(segmentation, height, width, where))]
+        box = segmentation_box(segmentation, height, width, where)
         if box[2] <= box[0]:
             problems.report(f"{where}.segmentation", "empty mask (no pixel inside the image)")
             return None

@@ -14,6 +14,7 @@ from maskrcnn.data.records import (
     polygons_to_box,
     read_image_size,
     segmentation_area,
+    segmentation_box,
     segmentation_to_mask,
     validate_record,
     xywh_to_xyxy,
@@ -180,3 +181,15 @@ def test_clean_segmentation_drops_bad_polygons_only():
     assert clean_segmentation([[1, 1, 2, 2]], 5, 5, "t", problems) is None
     rle = clean_segmentation({"size": [5, 5], "counts": b"abc"}, 5, 5, "u", problems)
     assert rle == {"size": [5, 5], "counts": "abc"}
+
+
+def test_segmentation_box_from_runs_equals_the_decoded_mask_box():
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        height, width = (int(v) for v in rng.integers(1, 30, size=2))
+        mask = (rng.random((height, width)) < rng.random() * 0.3).astype(np.uint8)
+        rle = coco_mask.encode(np.asfortranarray(mask))
+        assert segmentation_box(rle, height, width) == mask_to_box(mask).tolist()
+    polygon = [[3, 2, 9, 2, 9, 7, 6, 7, 6, 5, 3, 5]]
+    assert segmentation_box(polygon, 10, 12) == [3.0, 2.0, 9.0, 7.0]
+    assert segmentation_box({"size": [3, 4], "counts": [12]}, 3, 4) == [0.0, 0.0, 0.0, 0.0]
