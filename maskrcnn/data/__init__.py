@@ -18,7 +18,9 @@ from .records import (
     polygons_to_box,
     read_image_size,
     segmentation_area,
+    segmentation_box,
     segmentation_to_mask,
+    segmentation_to_rle,
     validate_record,
 )
 

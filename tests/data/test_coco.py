@@ -134,3 +134,23 @@ def test_file_level_errors(tmp_path):
         load_records("coco", bad, "")
     with pytest.raises(ValueError, match="format: unknown dataset format 'yolo'"):
         load_records("yolo", bad, "")
+
+
+def test_load_split_reads_the_config_data_section(tmp_path):
+    from maskrcnn.config import load_config
+    from maskrcnn.data import load_split
+
+    config = tmp_path / "modanet.yaml"
+    config.write_text(
+        "data:\n  format: coco\n"
+        f"  train_annotations: {MODANET_JSON}\n  train_images: {MODANET_IMAGES}\n"
+        "  drop_categories: [belt, outer, dress, sunglasses, headwear, scarf & tie, shorts, skirt]\n"
+        "  merge_categories: {boots: shoe, footwear: shoe}\n"
+        "  class_order: [top, pants, shoe, bag]\n"
+        "  recompute_boxes: true\n")
+    train = load_split(load_config(str(config)), "train")
+    assert train.class_names == ["top", "pants", "shoe", "bag"]
+    assert [[a["category_id"] for a in r["annotations"]] for r in train.records] == [[1, 2], [4, 3], []]
+    assert train.records[1]["annotations"][0]["bbox"] == [6.0, 8.0, 14.0, 20.0]  # recomputed
+    with pytest.raises(ValueError, match="data.val_annotations is not set"):
+        load_split(load_config(str(config)), "val")
