@@ -24,8 +24,8 @@ import os
 from typing import Iterable, Mapping, Optional, Sequence
 
 from .categories import CategoryTable, resolve_category_map
-from .problems import DataError, Problems
-from .records import RecordSet, build_annotation
+from .problems import DataError, Problems, build_annotation
+from .records import RecordSet
 
 __all__ = ["load_coco", "read_coco_json"]
 

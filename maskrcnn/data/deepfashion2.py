@@ -23,8 +23,8 @@ import re
 from typing import Iterable, Mapping, Optional, Sequence
 
 from .categories import load_category_table, resolve_category_map
-from .problems import DataError, Problems
-from .records import RecordSet, build_annotation, read_image_size
+from .problems import DataError, Problems, build_annotation
+from .records import RecordSet, read_image_size
 
 __all__ = ["load_deepfashion2", "item_keys"]
 

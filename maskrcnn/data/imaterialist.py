@@ -25,8 +25,8 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from .categories import CategoryTable, load_category_table, resolve_category_map
-from .problems import DataError, Problems
-from .records import RecordSet, build_annotation
+from .problems import DataError, Problems, build_annotation
+from .records import RecordSet
 
 __all__ = ["rle_decode", "rle_encode", "to_coco_rle", "parse_class_id", "load_label_descriptions",
            "load_imaterialist", "CSV_COLUMNS"]

@@ -11,13 +11,21 @@ on the mode:
 - ``"collect"`` (the dataset checker): only remember it, for a report at the end.
 
 So bad data is never silent, and the checker sees every problem in one pass instead of the first one.
+
+The checks the adapters share live here too: :func:`clean_box`, :func:`clean_segmentation` and
+:func:`build_annotation`, which turns one source annotation into a record annotation (category map,
+segmentation, box) or reports why it cannot.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass, field
 
-__all__ = ["DataError", "DataWarning", "Problem", "Problems"]
+from .records import is_number, polygon_error, rle_error, segmentation_box
+
+__all__ = ["DataError", "DataWarning", "Problem", "Problems", "clean_box", "clean_segmentation",
+           "build_annotation"]
 
 MODES = ("raise", "warn", "collect")
 
@@ -91,9 +99,7 @@ def clean_box(value, box_format: str, height: int, width: int, where: str, probl
         clip: clip a box that sticks out of the image to the image (the checker turns this off to
             report out-of-image boxes itself).
     """
-    from .records import _is_number  # local: records imports nothing from here
-
-    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(_is_number(v) for v in value):
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(is_number(v) for v in value):
         got = f"{len(value)}" if isinstance(value, (list, tuple)) else type(value).__name__
         problems.report(where, f"expected 4 numbers, got {got}")
         return None
@@ -123,8 +129,6 @@ def clean_segmentation(value, height: int, width: int, where: str, problems: Pro
     and dropped; if none is left the annotation is unusable. An RLE dict must have the image's size;
     compressed ``counts`` given as bytes become an ASCII str (records stay JSON-serializable).
     """
-    from .records import polygon_error, rle_error
-
     if isinstance(value, dict):
         error = rle_error(value, height, width)
         if error:
@@ -148,3 +152,69 @@ def clean_segmentation(value, height: int, width: int, where: str, problems: Pro
         else:
             polygons.append(list(map(float, polygon)))
     return polygons or None
+
+
+def build_annotation(
+    *,
+    box,
+    box_format: str,
+    segmentation,
+    source_category,
+    height: int,
+    width: int,
+    where: str,
+    problems,
+    category_map,
+    table_name: str = "the class table",
+    recompute_boxes: bool = False,
+    clip_boxes: bool = True,
+    iscrowd=0,
+    box_field: str = "bbox",
+    **extra,
+):
+    """Turn one source annotation into a record annotation, or report why not and return None.
+
+    The steps every adapter shares, in order: map the source category (dropped -> None silently, since
+    dropping is configuration; unknown -> reported), clean the segmentation and the box (see
+    ``problems.clean_segmentation`` / ``clean_box``), and optionally replace the box by the whole-pixel
+    box of the rasterized mask (``recompute_boxes``, the usual fix for ModaNet's boxes that disagree
+    with their polygons). ``box`` may be None when the source has no box: the mask's box is used.
+
+    Args:
+        where: file and annotation for messages, e.g. ``"modanet.json: annotations[17]"``.
+        box_field: the source's name of the box field, for messages (DeepFashion2: bounding_box).
+        problems: a ``maskrcnn.data.problems.Problems``.
+        category_map: a ``maskrcnn.data.categories.CategoryMap``.
+        extra: further keys copied into the annotation (``id``, ``attribute_ids``, ...).
+
+    Returns:
+        ``{"bbox", "category_id", "segmentation", "iscrowd", **extra}`` or None.
+    """
+    if isinstance(source_category, bool) or not isinstance(source_category, numbers.Integral):
+        problems.report(f"{where}.category_id", f"expected an int, got {source_category!r}")
+        return None
+    if source_category in category_map.dropped:
+        return None
+    label = category_map.labels.get(int(source_category))
+    if label is None:
+        problems.report(f"{where}.category_id", f"unknown category {source_category} (not in {table_name})")
+        return None
+    if iscrowd not in (0, 1):
+        problems.report(f"{where}.iscrowd", f"expected 0 or 1, got {iscrowd!r}")
+        return None
+    segmentation = clean_segmentation(segmentation, height, width, f"{where}.segmentation", problems)
+    if segmentation is None:
+        return None
+    if recompute_boxes:
+        box = None  # the source box is replaced, so its defects do not matter
+    elif box is not None:
+        box = clean_box(box, box_format, height, width, f"{where}.{box_field}", problems, clip=clip_boxes)
+        if box is None:
+            return None
+    if box is None:
+        box = segmentation_box(segmentation, height, width, where)
+        if box[2] <= box[0]:
+            problems.report(f"{where}.segmentation", "empty mask (no pixel inside the image)")
+            return None
+    return {"bbox": box, "category_id": int(label), "segmentation": segmentation,
+            "iscrowd": int(iscrowd), **extra}

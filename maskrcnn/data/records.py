@@ -56,7 +56,6 @@ __all__ = [
     "clean_segmentation",
     "clean_box",
     "read_image_size",
-    "build_annotation",
 ]
 
 
@@ -92,7 +91,7 @@ def xywh_to_xyxy(box) -> list:
     return [x, y, x + w, y + h]
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     """An int or float (numpy scalars included), not a bool."""
     kind = type(value)
     if kind is float or kind is int:  # fast path: JSON numbers
@@ -102,7 +101,7 @@ def _is_number(value) -> bool:
 
 def polygon_error(polygon) -> str | None:
     """Why ``polygon`` is not a flat ``[x0, y0, x1, y1, ...]`` list of >= 3 finite points, or None if it is."""
-    if not isinstance(polygon, (list, tuple)) or not all(map(_is_number, polygon)):
+    if not isinstance(polygon, (list, tuple)) or not all(map(is_number, polygon)):
         return "expected a flat list of numbers [x0, y0, x1, y1, ...]"
     if not all(map(math.isfinite, polygon)):
         return "coordinates are not finite"
@@ -116,7 +115,7 @@ def polygon_error(polygon) -> str | None:
 def rle_error(rle, height: int, width: int) -> str | None:
     """Why ``rle`` is not a COCO RLE dict of size (height, width) (as "field: reason"), or None if it is."""
     size, counts = rle.get("size"), rle.get("counts")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_number(v) for v in size)):
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_number(v) for v in size)):
         return f"size: expected [height, width], got {size!r}"
     if [int(size[0]), int(size[1])] != [int(height), int(width)]:
         return f"size: RLE of the wrong size {list(size)}, the image is [{height}, {width}]"
@@ -304,7 +303,7 @@ def validate_record(record: Any, where: str = "record") -> None:
             if key not in ann:
                 raise ValueError(f"{at}.{key}: missing")
         box = ann["bbox"]
-        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(is_number(v) for v in box):
             raise ValueError(f"{at}.bbox: expected 4 numbers [x1, y1, x2, y2], got {box!r}")
         if not all(np.isfinite(float(v)) for v in box):
             raise ValueError(f"{at}.bbox: not finite: {box!r}")
@@ -342,70 +341,3 @@ def read_image_size(path) -> tuple:
         width, height = height, width
     return int(height), int(width)
 
-
-def build_annotation(
-    *,
-    box,
-    box_format: str,
-    segmentation,
-    source_category,
-    height: int,
-    width: int,
-    where: str,
-    problems,
-    category_map,
-    table_name: str = "the class table",
-    recompute_boxes: bool = False,
-    clip_boxes: bool = True,
-    iscrowd=0,
-    box_field: str = "bbox",
-    **extra,
-):
-    """Turn one source annotation into a record annotation, or report why not and return None.
-
-    The steps every adapter shares, in order: map the source category (dropped -> None silently, since
-    dropping is configuration; unknown -> reported), clean the segmentation and the box (see
-    ``problems.clean_segmentation`` / ``clean_box``), and optionally replace the box by the whole-pixel
-    box of the rasterized mask (``recompute_boxes``, the usual fix for ModaNet's boxes that disagree
-    with their polygons). ``box`` may be None when the source has no box: the mask's box is used.
-
-    Args:
-        where: file and annotation for messages, e.g. ``"modanet.json: annotations[17]"``.
-        box_field: the source's name of the box field, for messages (DeepFashion2: bounding_box).
-        problems: a ``maskrcnn.data.problems.Problems``.
-        category_map: a ``maskrcnn.data.categories.CategoryMap``.
-        extra: further keys copied into the annotation (``id``, ``attribute_ids``, ...).
-
-    Returns:
-        ``{"bbox", "category_id", "segmentation", "iscrowd", **extra}`` or None.
-    """
-    from .problems import clean_box, clean_segmentation
-
-    if isinstance(source_category, bool) or not isinstance(source_category, numbers.Integral):
-        problems.report(f"{where}.category_id", f"expected an int, got {source_category!r}")
-        return None
-    if source_category in category_map.dropped:
-        return None
-    label = category_map.labels.get(int(source_category))
-    if label is None:
-        problems.report(f"{where}.category_id", f"unknown category {source_category} (not in {table_name})")
-        return None
-    if iscrowd not in (0, 1):
-        problems.report(f"{where}.iscrowd", f"expected 0 or 1, got {iscrowd!r}")
-        return None
-    segmentation = clean_segmentation(segmentation, height, width, f"{where}.segmentation", problems)
-    if segmentation is None:
-        return None
-    if recompute_boxes:
-        box = None  # the source box is replaced, so its defects do not matter
-    elif box is not None:
-        box = clean_box(box, box_format, height, width, f"{where}.{box_field}", problems, clip=clip_boxes)
-        if box is None:
-            return None
-    if box is None:
-        box = segmentation_box(segmentation, height, width, where)
-        if box[2] <= box[0]:
-            problems.report(f"{where}.segmentation", "empty mask (no pixel inside the image)")
-            return None
-    return {"bbox": box, "category_id": int(label), "segmentation": segmentation,
-            "iscrowd": int(iscrowd), **extra}
