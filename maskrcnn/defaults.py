@@ -85,7 +85,7 @@ DEFAULTS = {
         "val_images": K("", "Folder of the validation images."),
         "categories": K("", "Class-table file or built-in name under data/categories/ (e.g. 'imaterialist27'); '' = the annotation file's own categories (or the format's built-in table)."),
         "label_descriptions": K("", "iMaterialist only: label_descriptions.json for the class names; '' = the one beside train.csv, else data/categories/imaterialist46."),
-        "drop_categories": K([], "Source categories (names or source ids) whose instances are removed, e.g. iMaterialist's garment parts 27-45; none by default: train on every class of the table."),
+        "drop_categories": K([], "Source categories (names or source ids) whose instances are removed, e.g. iMaterialist's garment parts 27-45; none by default: train on every class of the table.", type=object),
         "merge_categories": K({}, "{source name or id: new name}: renames, or merges several sources into one class (e.g. boots and footwear -> shoe); empty = keep the table's names."),
         "class_order": K([], "Final class names in label order (label = position + 1); set the same list for two datasets to share one taxonomy; empty = table order.", type=str),
         "recompute_boxes": K(False, "Replace every box by the whole-pixel box of its mask (fixes ModaNet's boxes that disagree with their polygons); off by default since it decodes every mask at load time."),
