@@ -13,8 +13,8 @@ Only the channel of the ROI's class is used ("decoupling mask and class predicti
 training that of its GT class, at inference that of the predicted class.
 
 Training (:func:`mask_loss`): the target of a positive ROI is its matched GT mask *cropped and resampled to
-the ROI* by ROIAlign (``M x M``, spatial scale 1, adaptive sampling, ``aligned=False``, as torchvision's
-``project_masks_on_boxes``); the loss is the mean binary cross-entropy over the ``M x M`` logits of the
+the ROI* by ROIAlign (``M x M``, spatial scale 1, adaptive sampling, ``aligned`` as in the poolers: False
+by default, as torchvision's ``project_masks_on_boxes``); the loss is the mean binary cross-entropy over the ``M x M`` logits of the
 GT class, averaged over positive ROIs. The targets are soft (bilinear averages of 0/1 pixels in [0, 1]).
 """
 from __future__ import annotations
@@ -58,28 +58,31 @@ class MaskHead(nn.Module):
         return self.logits(x)
 
 
-def mask_targets(gt_masks: Tensor, boxes: Tensor, matched_gt: Tensor, mask_size: int) -> Tensor:
+def mask_targets(gt_masks: Tensor, boxes: Tensor, matched_gt: Tensor, mask_size: int, aligned: bool = False
+                 ) -> Tensor:
     """Crop each ROI's matched GT mask and resample it to ``(mask_size, mask_size)``.
 
     Args:
         gt_masks: ``(G, H, W)`` binary masks of one image (resized-image pixels).
         boxes: ``(P, 4)`` positive ROIs; matched_gt: ``(P,)`` int64 index into ``gt_masks``.
+        aligned: ROIAlign's half-pixel shift; False is torchvision's ``project_masks_on_boxes``.
     Returns:
         ``(P, mask_size, mask_size)`` float targets in [0, 1].
     """
     rois = torch.cat([matched_gt.to(boxes)[:, None], boxes], dim=1)  # (P, 1) + (P, 4) -> (P, 5)
     masks = gt_masks[:, None].to(rois)                               # (G, H, W) -> (G, 1, H, W)
-    return roi_align(masks, rois, (mask_size, mask_size), 1.0, -1, False)[:, 0]  # (P, 1, M, M) -> (P, M, M)
+    return roi_align(masks, rois, (mask_size, mask_size), 1.0, -1, aligned)[:, 0]  # (P, 1, M, M) -> (P, M, M)
 
 
 def mask_loss(mask_logits: Tensor, positive_boxes: List[Tensor], gt_masks: List[Tensor],
-              gt_labels: List[Tensor], matched_gt: List[Tensor]) -> Tensor:
+              gt_labels: List[Tensor], matched_gt: List[Tensor], aligned: bool = False) -> Tensor:
     """Mean BCE between the GT-class logits of positive ROIs and their mask targets.
 
     Args:
         mask_logits: ``(P, C + 1, M, M)`` for the positive ROIs of all images, image by image.
         positive_boxes, matched_gt: per image ``(P_i, 4)`` and ``(P_i,)``;
         gt_masks, gt_labels: per image ``(G_i, H, W)`` and ``(G_i,)``.
+        aligned: passed to :func:`mask_targets` (the same setting as the poolers').
     Returns:
         A scalar; exactly 0 (still attached to the graph) when there are no positive ROIs.
     """
@@ -89,7 +92,7 @@ def mask_loss(mask_logits: Tensor, positive_boxes: List[Tensor], gt_masks: List[
         if boxes.shape[0] == 0:
             continue
         labels.append(image_labels[matched])
-        targets.append(mask_targets(masks, boxes, matched, mask_size))
+        targets.append(mask_targets(masks, boxes, matched, mask_size, aligned))
     if not targets:
         return mask_logits.sum() * 0
     labels, targets = torch.cat(labels), torch.cat(targets)

@@ -161,5 +161,6 @@ class ROIHeads(nn.Module):
                     raise ValueError(f"targets[{index}]['masks']: the mask branch needs GT masks in training")
             logits = self.mask_logits(features, positive_rois, image_sizes)  # (P, C + 1, 28, 28)
             losses["loss_mask"] = mask_loss(logits, positive_rois, [t["masks"] for t in targets],
-                                            [t["labels"] for t in targets], positive_matched)
+                                            [t["labels"] for t in targets], positive_matched,
+                                            aligned=self.mask_pooler.aligned)
         return losses

@@ -126,7 +126,7 @@ class RegionProposalNetwork(nn.Module):
         # Level index of every anchor: (T,) -> (N, T)
         levels = torch.cat([torch.full((n,), level, dtype=torch.int64, device=boxes.device)
                             for level, n in enumerate(anchors_per_level)])
-        levels = levels[None].expand(num_images, -1)
+        levels = levels[None].expand(num_images, -1)  # (T,) -> (1, T) -> (N, T)
         top_indices = []
         start = 0
         for n in anchors_per_level:

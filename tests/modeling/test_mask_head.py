@@ -22,10 +22,11 @@ def bilinear(image: torch.Tensor, y: float, x: float) -> float:
                  + ly * (1 - lx) * image[y1, x0] + ly * lx * image[y1, x1])
 
 
-def roi_align_reference(image: torch.Tensor, box, size: int) -> torch.Tensor:
-    """aligned=False, spatial scale 1, adaptive sampling ceil(roi / size) points per bin and axis."""
-    x1, y1, x2, y2 = box
-    roi_w, roi_h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+def roi_align_reference(image: torch.Tensor, box, size: int, aligned: bool = False) -> torch.Tensor:
+    """Spatial scale 1, adaptive sampling ceil(roi / size) points per bin and axis. aligned=False raises the
+    ROI to at least 1 x 1; aligned=True shifts it by -0.5 instead."""
+    x1, y1, x2, y2 = (v - 0.5 for v in box) if aligned else box
+    roi_w, roi_h = (x2 - x1, y2 - y1) if aligned else (max(x2 - x1, 1.0), max(y2 - y1, 1.0))
     bin_w, bin_h = roi_w / size, roi_h / size
     grid_h, grid_w = math.ceil(roi_h / size), math.ceil(roi_w / size)
     out = torch.zeros(size, size, dtype=torch.float64)
@@ -48,15 +49,16 @@ def test_mask_head_shapes_and_initialization():
     assert len(head.convs) == 4 and torch.count_nonzero(head.logits.bias) == 0
 
 
-def test_mask_targets_are_roi_align_of_the_gt_mask():
+@pytest.mark.parametrize("aligned", [False, True])
+def test_mask_targets_are_roi_align_of_the_gt_mask(aligned):
     torch.manual_seed(0)
     gt_masks = (torch.rand(2, 40, 50) > 0.5).to(torch.uint8)
     boxes = torch.tensor([[3.2, 4.7, 30.1, 35.3], [10.0, 2.0, 48.5, 38.0], [-2.0, 30.0, 20.0, 42.0]])
     matched = torch.tensor([1, 0, 1])
-    targets = mask_targets(gt_masks, boxes, matched, 8)
+    targets = mask_targets(gt_masks, boxes, matched, 8, aligned)
     assert targets.shape == (3, 8, 8) and targets.dtype == torch.float32
     for k in range(3):
-        expected = roi_align_reference(gt_masks[int(matched[k])].double(), boxes[k].tolist(), 8)
+        expected = roi_align_reference(gt_masks[int(matched[k])].double(), boxes[k].tolist(), 8, aligned)
         torch.testing.assert_close(targets[k].double(), expected, rtol=0, atol=1e-5)
 
 

@@ -109,6 +109,12 @@ def test_build_model_reads_the_config():
     assert trainable[0].startswith("res3.")  # frozen_stages=2: stem and res2 frozen by default
 
 
+def test_parameter_count_matches_torchvision_for_coco():
+    """torchvision documents 44,401,393 parameters for maskrcnn_resnet50_fpn (91 classes with background)."""
+    model = build_model(load_config(overrides=["model.num_classes=90"]))
+    assert sum(p.numel() for p in model.parameters()) == 44_401_393
+
+
 def test_training_without_targets_is_an_error(model):
     model.train()
     with pytest.raises(ValueError, match="targets"):
