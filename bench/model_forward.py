@@ -5,13 +5,15 @@
 
 An 800x1216 image is already at the default size (short side 800, long side <= 1333) and a multiple of 32, so
 the transform neither resizes nor pads it: the numbers are those of the network itself. Time is wall clock
-per forward pass (``torch.no_grad``, eval mode), the first (warm-up) run reported separately. Memory is the
+per forward pass (``torch.no_grad``, eval mode), the first (warm-up) run reported separately, together with
+the process's CPU time (summed over threads), which depends less on other load on the machine. Memory is the
 process's peak resident set size (``ru_maxrss``) before and after the forward passes; the difference is
 what inference added on top of the loaded model. Nothing here is asserted: this is a measurement.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
@@ -47,12 +49,13 @@ def main() -> None:
     image = torch.rand(3, args.height, args.width, generator=torch.Generator().manual_seed(0))
     rss_model = peak_rss_mib()
 
-    times = []
+    times, cpu_times = [], []
     with torch.no_grad():
         for _ in range(args.runs + 1):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             (detections,) = model([image])
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     rss_peak = peak_rss_mib()
 
     params = sum(p.numel() for p in model.parameters())
@@ -63,7 +66,10 @@ def main() -> None:
     print(f"first run (warm-up): {times[0]:.2f} s")
     if args.runs:
         print(f"timed runs: median {statistics.median(times[1:]):.2f} s, min {min(times[1:]):.2f} s "
-              f"over {args.runs} runs")
+              f"over {args.runs} runs; CPU time per run (all threads) median "
+              f"{statistics.median(cpu_times[1:]):.2f} s")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} (wall times grow when other processes "
+          "share the cores; CPU time much less so)")
     print(f"peak RSS: {rss_model:.0f} MiB after building the model, {rss_peak:.0f} MiB after the forward passes "
           f"(+{rss_peak - rss_model:.0f} MiB)")
 
