@@ -9,6 +9,7 @@ import torch
 
 from engine.tiny_training import (
     DETERMINISTIC_SAMPLING,
+    TRAIN_PY,
     read_metrics,
     run,
     synthetic_data,
@@ -134,3 +135,21 @@ def test_a_rank_whose_images_have_no_objects_does_not_hang_the_other(tmp_path):
     assert [r["iteration"] for r in read_metrics(out)] == [1, 2]
     assert (out / "model_0000002.pth").is_file()
     assert read_metrics(out, "eval")[0]["segm/AP"] is not None
+
+
+@pytest.mark.parametrize("name", ["modanet_r50_fpn", "imaterialist_r50_fpn", "imaterialist27_r50_fpn",
+                                  "fashionpedia_r50_fpn", "deepfashion2_r50_fpn"])
+def test_dataset_configs_load_chain_their_stages_and_match_their_class_tables(name):
+    from maskrcnn.config import load_config
+    from maskrcnn.data.categories import category_map_from_table, load_category_table
+    from maskrcnn.engine.solver import lr_schedule_from_config
+
+    cfg = load_config(os.path.join(os.path.dirname(TRAIN_PY), "configs", f"{name}.yaml"))
+    classes = category_map_from_table(load_category_table(cfg.data.categories), cfg.data.drop_categories,
+                                      cfg.data.merge_categories).class_names
+    assert len(classes) == cfg.model.num_classes
+    schedule = lr_schedule_from_config(cfg.solver)
+    # The seeds' recipe: heads at 1e-3, then all layers at 1e-4, then 1e-5, back to back up to max_iter.
+    assert [(s.name, s.base_lr) for s in schedule.stages] == [("heads", 1e-3), ("all", 1e-4), ("all", 1e-5)]
+    assert schedule.stages[-1].end == cfg.solver.max_iter
+    assert cfg.model.weights.endswith(".pth") and cfg.data.augment.hflip.prob == 0.5
