@@ -15,11 +15,11 @@ reference function. The native kernel runs when all of these hold (:func:`choose
    notebook can flip it; ``0`` forces the reference everywhere: for teaching, debugging and
    benchmarks);
 2. the extension was built and imports (a skipped or failed build leaves the reference);
-3. it has kernels for the tensors' device (CPU always; CUDA only in a CUDA build).
-
-Both backends give ROIAlign a gradient with respect to ``input`` only, never ``rois`` (as
-torchvision does): the native one through :class:`RoIAlignFunction`, whose backward is the native
-backward kernel.
+3. it has kernels for the tensors' device (CPU always; CUDA only in a CUDA build);
+4. for ROIAlign, ``rois`` does not require grad: the native kernels, like torchvision's, give a
+   gradient for the features only (through :class:`RoIAlignFunction`, whose backward is the
+   native backward kernel), while the reference also differentiates the box coordinates.
+   Mask R-CNN detaches its proposals, so in the model the native kernel runs.
 
 Under ``torch.autocast``, both ops compute in float32 (ROIAlign's output is then cast back to
 the input's dtype, as torchvision does): half-precision bilinear weights lose accuracy, and
@@ -116,10 +116,13 @@ def _why_not_available() -> str:
     )
 
 
-def choose_backend(device: Union[torch.device, str]) -> tuple[str, str]:
+def choose_backend(
+    device: Union[torch.device, str], *, rois_require_grad: bool = False
+) -> tuple[str, str]:
     """Which implementation runs for tensors on ``device``, and why.
 
     Returns ``("native", reason)`` or ``("reference", reason)``; the reason is one short phrase.
+    ``rois_require_grad`` applies to ROIAlign only.
     """
     device_type = torch.device(device).type
     if not native_enabled_by_env():
@@ -129,6 +132,8 @@ def choose_backend(device: Union[torch.device, str]) -> tuple[str, str]:
     if device_type not in native_devices():
         built_for = " and ".join(native_devices())
         return "reference", f"the native extension has {built_for} kernels only, not {device_type}"
+    if rois_require_grad:
+        return "reference", "rois require grad; the native kernels give no gradient for boxes"
     kernel = "CUDA kernel" if device_type == "cuda" else "C++ CPU kernel"
     return "native", kernel
 
@@ -196,7 +201,7 @@ def roi_align(
             output = roi_align(input.float(), rois.float(), output_size, spatial_scale,
                                sampling_ratio, aligned, reference=reference)
         return output.to(input.dtype)
-    backend, _ = choose_backend(input.device)
+    backend, _ = choose_backend(input.device, rois_require_grad=rois.requires_grad)
     if backend == "native":
         return RoIAlignFunction.apply(input, rois, output_size, float(spatial_scale),
                                       int(sampling_ratio), bool(aligned))

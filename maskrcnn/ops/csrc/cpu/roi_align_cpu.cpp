@@ -1,17 +1,22 @@
 // ROIAlign forward and backward on the CPU.
 //
 // The sampling rules live in ../roi_align_sampling.h (shared with the CUDA kernel). This file
-// adds the CPU strategy: the samples of one ROI (out_h * out_w bins times grid_h * grid_w
-// bilinear taps) do not depend on the channel, so each ROI's "sample table" is built once and
-// reused for every channel it is applied to.
+// adds the CPU strategy, built around two facts:
+//   * the samples of one ROI (out_h * out_w bins times grid_h * grid_w bilinear taps) do not
+//     depend on the channel, so each ROI's "sample table" is built once and used for all channels;
+//   * with the feature map in channels-last layout (N, H, W, C), one tap reads C consecutive
+//     values, so the channel loop is a contiguous, vectorizable multiply-add. In the (N, C, H, W)
+//     layout the same tap touches C cache lines one plane apart, and the kernel waits on memory.
+// The input is therefore viewed (N, H, W, C) (a copy unless it is already channels_last), and the
+// gradient is accumulated in that layout.
 //
-//   forward:  parallel over output planes (roi, channel); a thread rebuilds the table only when
-//             its range moves on to the next ROI.
-//   backward: parallel over channels. Different ROIs scatter into the same input pixels, but a
-//             thread owns whole channels of grad_input, so no two threads ever write the same
-//             element: no atomics, no races, and the same summation order on every run.
-//
-// float16 / bfloat16 tensors are computed in float32 and converted back.
+//   forward:  parallel over ROIs; a ROI's output block (C x out_h x out_w) stays in cache.
+//   backward: parallel over channel ranges. Different ROIs scatter into the same input pixels,
+//             but a thread owns a range of channels of grad_input, so no two threads ever write
+//             the same element: no atomics, no races, and the same summation order on every run
+//             and for any number of threads.
+// Per channel, the arithmetic (and its order) is that of torchvision's CPU kernel, so results
+// agree with it to the last bit. float16 / bfloat16 tensors are computed in float32.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
@@ -61,68 +66,74 @@ void check_batch_indices(const T* rois, int64_t num_rois, int64_t batch_size) {
   }
 }
 
+// input_nhwc: (N, H, W, C) contiguous; output: (K, C, out_h, out_w) contiguous.
 template <typename T>
-void forward_kernel(const T* input, const T* rois, int64_t num_rois, int64_t channels, int height,
-                    int width, T spatial_scale, int out_h, int out_w, int sampling_ratio,
-                    bool aligned, T* output) {
+void forward_kernel(const T* input_nhwc, const T* rois, int64_t num_rois, int64_t channels,
+                    int height, int width, T spatial_scale, int out_h, int out_w,
+                    int sampling_ratio, bool aligned, T* output) {
   const int64_t bins_per_plane = static_cast<int64_t>(out_h) * out_w;
-  const int64_t plane_size = static_cast<int64_t>(height) * width;
-  // Enough planes per task that thread start-up is negligible next to the interpolation work
-  // (about 32k multiply-adds, counting a nominal 2x2 samples of 4 taps per bin).
-  const int64_t grain = std::max<int64_t>(1, 32768 / (bins_per_plane * 16));
-  at::parallel_for(0, num_rois * channels, grain, [&](int64_t begin, int64_t end) {
+  const int64_t image_size = static_cast<int64_t>(height) * width * channels;
+  at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
     std::vector<BilinearTaps<T>> table;
-    RoiBins<T> bins{};
-    int64_t table_roi = -1;
-    for (int64_t plane = begin; plane < end; ++plane) {  // plane = roi * channels + channel
-      const int64_t roi = plane / channels;
-      const int64_t channel = plane % channels;
-      if (roi != table_roi) {
-        bins = roi_bins(rois + roi * 5, spatial_scale, out_h, out_w, sampling_ratio, aligned);
-        build_sample_table(bins, out_h, out_w, height, width, table);
-        table_roi = roi;
-      }
-      const T* in = input + (bins.batch_index * channels + channel) * plane_size;
-      T* out = output + plane * bins_per_plane;
+    std::vector<T> sums(channels);
+    T* sum = sums.data();
+    for (int64_t roi = begin; roi < end; ++roi) {
+      const RoiBins<T> bins =
+          roi_bins(rois + roi * 5, spatial_scale, out_h, out_w, sampling_ratio, aligned);
+      build_sample_table(bins, out_h, out_w, height, width, table);
       const int64_t samples_per_bin = static_cast<int64_t>(bins.grid_h) * bins.grid_w;
+      const T* image = input_nhwc + bins.batch_index * image_size;
+      T* out = output + roi * channels * bins_per_plane;
       const BilinearTaps<T>* taps = table.data();
       for (int64_t bin = 0; bin < bins_per_plane; ++bin) {
-        T sum = 0;
+        std::fill(sums.begin(), sums.end(), T(0));
         for (int64_t s = 0; s < samples_per_bin; ++s, ++taps) {
-          sum += taps->weight[0] * in[taps->index[0]] + taps->weight[1] * in[taps->index[1]] +
-                 taps->weight[2] * in[taps->index[2]] + taps->weight[3] * in[taps->index[3]];
+          const T* p0 = image + taps->index[0] * channels;  // pixel -> its C channel values
+          const T* p1 = image + taps->index[1] * channels;
+          const T* p2 = image + taps->index[2] * channels;
+          const T* p3 = image + taps->index[3] * channels;
+          const T w0 = taps->weight[0], w1 = taps->weight[1];
+          const T w2 = taps->weight[2], w3 = taps->weight[3];
+          for (int64_t c = 0; c < channels; ++c) {
+            sum[c] += w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
+          }
         }
-        out[bin] = sum / bins.count;
+        for (int64_t c = 0; c < channels; ++c) out[c * bins_per_plane + bin] = sum[c] / bins.count;
       }
     }
   });
 }
 
+// grad_output: (K, C, out_h, out_w) contiguous; grad_input_nhwc: (N, H, W, C), zeroed.
 template <typename T>
 void backward_kernel(const T* grad_output, const T* rois, int64_t num_rois, int64_t channels,
                      int height, int width, T spatial_scale, int out_h, int out_w,
-                     int sampling_ratio, bool aligned, T* grad_input) {
+                     int sampling_ratio, bool aligned, T* grad_input_nhwc) {
   const int64_t bins_per_plane = static_cast<int64_t>(out_h) * out_w;
-  const int64_t plane_size = static_cast<int64_t>(height) * width;
-  // Each task owns the channels [begin, end) of grad_input for every image and every ROI.
-  at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+  const int64_t image_size = static_cast<int64_t>(height) * width * channels;
+  // Each task owns the channels [first, last) of grad_input, for every image and every ROI;
+  // at least 16 channels per task keep the inner loop vector-wide.
+  at::parallel_for(0, channels, 16, [&](int64_t first, int64_t last) {
+    const int64_t span = last - first;
     std::vector<BilinearTaps<T>> table;
+    std::vector<T> grad_bins(span);
+    T* grad_bin = grad_bins.data();
     for (int64_t roi = 0; roi < num_rois; ++roi) {
       const RoiBins<T> bins =
           roi_bins(rois + roi * 5, spatial_scale, out_h, out_w, sampling_ratio, aligned);
       build_sample_table(bins, out_h, out_w, height, width, table);
       const int64_t samples_per_bin = static_cast<int64_t>(bins.grid_h) * bins.grid_w;
-      for (int64_t channel = begin; channel < end; ++channel) {
-        const T* grad_out = grad_output + (roi * channels + channel) * bins_per_plane;
-        T* grad_in = grad_input + (bins.batch_index * channels + channel) * plane_size;
-        const BilinearTaps<T>* taps = table.data();
-        for (int64_t bin = 0; bin < bins_per_plane; ++bin) {
-          const T grad_bin = grad_out[bin];
-          for (int64_t s = 0; s < samples_per_bin; ++s, ++taps) {
-            // d(bin value) / d(pixel) = weight / count for each tap (the bin is an average).
-            for (int corner = 0; corner < 4; ++corner) {
-              grad_in[taps->index[corner]] += grad_bin * taps->weight[corner] / bins.count;
-            }
+      T* image = grad_input_nhwc + bins.batch_index * image_size + first;
+      const T* grad_out = grad_output + (roi * channels + first) * bins_per_plane;
+      const BilinearTaps<T>* taps = table.data();
+      for (int64_t bin = 0; bin < bins_per_plane; ++bin) {
+        for (int64_t c = 0; c < span; ++c) grad_bin[c] = grad_out[c * bins_per_plane + bin];
+        for (int64_t s = 0; s < samples_per_bin; ++s, ++taps) {
+          for (int corner = 0; corner < 4; ++corner) {
+            // d(bin value) / d(pixel) = weight / count for each tap (the bin is an average)
+            T* pixel = image + taps->index[corner] * channels;
+            const T weight = taps->weight[corner];
+            for (int64_t c = 0; c < span; ++c) pixel[c] += grad_bin[c] * weight / bins.count;
           }
         }
       }
@@ -144,17 +155,18 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
                                  out_w, sampling_ratio, aligned)
         .to(input.scalar_type());
   }
-  const at::Tensor input_c = input.contiguous();
   const at::Tensor rois_c = rois.contiguous();
   const int64_t num_rois = rois_c.size(0);
-  const int64_t channels = input_c.size(1);
-  at::Tensor output = at::empty({num_rois, channels, out_h, out_w}, input_c.options());
+  const int64_t channels = input.size(1);
+  at::Tensor output = at::empty({num_rois, channels, out_h, out_w}, input.options());
   if (output.numel() == 0) return output;
-  AT_DISPATCH_FLOATING_TYPES(input_c.scalar_type(), "roi_align_forward_cpu", [&] {
-    check_batch_indices(rois_c.const_data_ptr<scalar_t>(), num_rois, input_c.size(0));
-    forward_kernel<scalar_t>(input_c.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-                             num_rois, channels, static_cast<int>(input_c.size(2)),
-                             static_cast<int>(input_c.size(3)),
+  // (N, C, H, W) -> (N, H, W, C) contiguous; free when input is already channels_last
+  const at::Tensor input_nhwc = input.permute({0, 2, 3, 1}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "roi_align_forward_cpu", [&] {
+    check_batch_indices(rois_c.const_data_ptr<scalar_t>(), num_rois, input.size(0));
+    forward_kernel<scalar_t>(input_nhwc.const_data_ptr<scalar_t>(),
+                             rois_c.const_data_ptr<scalar_t>(), num_rois, channels,
+                             static_cast<int>(input.size(2)), static_cast<int>(input.size(3)),
                              static_cast<scalar_t>(spatial_scale), static_cast<int>(out_h),
                              static_cast<int>(out_w), static_cast<int>(sampling_ratio), aligned,
                              output.mutable_data_ptr<scalar_t>());
@@ -175,8 +187,10 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_output, const at::Tenso
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor rois_c = rois.contiguous();
   const int64_t num_rois = rois_c.size(0);
-  at::Tensor grad_input =
-      at::zeros({batch_size, channels, height, width}, grad_output_c.options());
+  // accumulated as (N, H, W, C), returned as its (N, C, H, W) view (channels_last strides)
+  at::Tensor grad_input_nhwc =
+      at::zeros({batch_size, height, width, channels}, grad_output_c.options());
+  at::Tensor grad_input = grad_input_nhwc.permute({0, 3, 1, 2});
   if (num_rois == 0 || grad_input.numel() == 0) return grad_input;
   AT_DISPATCH_FLOATING_TYPES(grad_output_c.scalar_type(), "roi_align_backward_cpu", [&] {
     check_batch_indices(rois_c.const_data_ptr<scalar_t>(), num_rois, batch_size);
@@ -185,7 +199,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_output, const at::Tenso
                               static_cast<int>(height), static_cast<int>(width),
                               static_cast<scalar_t>(spatial_scale), static_cast<int>(out_h),
                               static_cast<int>(out_w), static_cast<int>(sampling_ratio), aligned,
-                              grad_input.mutable_data_ptr<scalar_t>());
+                              grad_input_nhwc.mutable_data_ptr<scalar_t>());
   });
   return grad_input;
 }
