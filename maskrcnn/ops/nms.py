@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _native
+
 # Rows of the IoU matrix computed at once: bounds the float intermediates to _CHUNK x N values.
 _CHUNK = 1024
 
@@ -97,7 +99,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         int64 indices into ``boxes`` of the kept boxes, in decreasing score order.
     """
     _check_nms_args(boxes, scores)
-    return nms_reference(boxes, scores, float(iou_threshold))
+    # The native kernel when built for this device, else nms_reference. See ops/_native.py.
+    return _native.nms(boxes, scores, float(iou_threshold), reference=nms_reference)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:

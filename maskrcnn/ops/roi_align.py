@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _native
+
 
 def _pair(output_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     if isinstance(output_size, int):
@@ -247,7 +249,7 @@ def roi_align(
                 f"roi_align: rois[:, 0] (batch index) must be integers in [0, {input.shape[0] - 1}] for an "
                 f"input batch of {input.shape[0]}, got {batch_index[bad][:5].tolist()}"
             )
-    if input.dtype in (torch.float16, torch.bfloat16):
-        out = roi_align_reference(input.float(), rois.float(), size, spatial_scale, sampling_ratio, aligned)
-        return out.to(input.dtype)
-    return roi_align_reference(input, rois, size, float(spatial_scale), sampling_ratio, bool(aligned))
+    # The native kernel when built for this device, else roi_align_reference (16-bit inputs computed in
+    # float32); float32 under autocast. See ops/_native.py.
+    return _native.roi_align(input, rois, size, float(spatial_scale), sampling_ratio, bool(aligned),
+                             reference=roi_align_reference)
