@@ -13,6 +13,13 @@ Modules, in the order data flows through them:
 - ``auto_annotate.py`` ``--as-dataset``: the predictions as a COCO instance dataset;
 - ``cli.py``           the ``infer.py`` command line.
 """
-from maskrcnn.inference.predictor import FileResult, Instance, Predictor
-
 __all__ = ["FileResult", "Instance", "Predictor"]
+
+
+def __getattr__(name):
+    # Imported on first use, so that `infer.py --help` (which imports cli.py) answers without loading torch.
+    if name in __all__:
+        from maskrcnn.inference import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'maskrcnn.inference' has no attribute {name!r}")

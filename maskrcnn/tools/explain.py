@@ -196,7 +196,7 @@ def explained_roi(trace: StageTrace) -> int:
 
 
 def write_pictures(trace: StageTrace, out: str, class_names: Sequence[str], model, score_thresh: float = 0.5,
-                   top: int = 100, display_side: int = 640) -> List[str]:
+                   top: int = 50, display_side: int = 640) -> List[str]:
     """Draw the eight pictures of ``PICTURES`` into ``out``; return their paths."""
     from maskrcnn.tools import explain_pictures as pictures
 
@@ -230,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the pictures")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="detections drawn in the last picture")
-    parser.add_argument("--top", type=int, default=100, help="proposals drawn in the RPN pictures (default 100)")
+    parser.add_argument("--top", type=int, default=50, help="proposals drawn in the RPN pictures (default 50)")
     parser.add_argument("--display-side", type=int, default=640, help="longer side of the pictures in pixels")
     args = parser.parse_args(argv)
 

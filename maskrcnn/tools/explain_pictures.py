@@ -235,8 +235,10 @@ def box_head_picture(trace: StageTrace, class_names: Sequence[str], display_side
         end = view.px((refined[0] + refined[2]) / 2, (refined[1] + refined[3]) / 2)
         view.draw.line([start, end], fill=color, width=2)
         x, y = view.px(refined[0], refined[1])
-        view.draw.text((x + 2, y + 1), f"{_name(label, class_names)} {float(scores[index]):.2f}", fill=color,
-                       font=_font(12))
+        tag, font = f"{_name(label, class_names)} {float(scores[index]):.2f}", _font(12)
+        left, top_, right, bottom = view.draw.textbbox((x + 2, y + 2), tag, font=font)
+        view.draw.rectangle([left - 1, top_ - 1, right + 1, bottom + 1], fill=color)
+        view.draw.text((x + 2, y + 2), tag, fill=(0, 0, 0) if sum(color) > 380 else (255, 255, 255), font=font)
     kept = trace.detections["labels"].shape[0]
     return captioned(view.picture, [
         f"Box head: the {len(order)} best of {trace.proposals.shape[0]} proposals (grey) and their refined box for "
