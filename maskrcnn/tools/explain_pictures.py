@@ -89,23 +89,30 @@ def _wrap(text: str, font, width: int) -> List[str]:
     return lines + [current]
 
 
+def _legend_columns(legend: Sequence[Tuple[tuple, str]], font, width: int) -> int:
+    """Legend entries per row (at most 4) so that the widest label fits its column."""
+    widest = max([font.getlength(label) for _, label in legend] or [0])
+    return max(1, min(4, int((width - 12) // (widest + 30))))
+
+
 def captioned(picture: Image.Image, lines: Sequence[str], legend: Sequence[Tuple[tuple, str]] = ()) -> Image.Image:
     """``picture`` under a white strip holding ``lines`` of text and an optional ``(colour, label)`` legend."""
     font = _font(14)
     line_height = 19
     width = max(picture.width, 480)
     lines = [wrapped for line in lines for wrapped in _wrap(line, font, width - 12)]
-    legend_rows = (len(legend) + 3) // 4
+    columns = _legend_columns(legend, font, width)
+    legend_rows = -(-len(legend) // columns)  # ceil division
     strip = 8 + line_height * (len(lines) + legend_rows)
     canvas = Image.new("RGB", (width, strip + picture.height), CAPTION_BACKGROUND)
     canvas.paste(picture, (0, strip))
     draw = ImageDraw.Draw(canvas)
     for row, text in enumerate(lines):
         draw.text((6, 4 + row * line_height), text, fill=(0, 0, 0), font=font)
-    column_width = (width - 12) // 4
+    column_width = (width - 12) // columns
     for index, (color, label) in enumerate(legend):
-        x = 6 + (index % 4) * column_width
-        y = 4 + (len(lines) + index // 4) * line_height
+        x = 6 + (index % columns) * column_width
+        y = 4 + (len(lines) + index // columns) * line_height
         draw.rectangle([x, y + 2, x + 12, y + 14], fill=color)
         draw.text((x + 17, y), label, fill=(0, 0, 0), font=font)
     return canvas
@@ -138,18 +145,32 @@ def anchors_picture(trace: StageTrace, display_side: int) -> Image.Image:
 
 def proposals_picture(trace: StageTrace, display_side: int, top: int, before_nms: bool,
                       nms_thresh: float) -> Image.Image:
-    """The ``top`` best RPN boxes before or after NMS, coloured by objectness (brighter = higher)."""
-    boxes, scores = ((trace.pre_nms_boxes, trace.pre_nms_scores) if before_nms
-                     else (trace.proposals, trace.proposal_scores))
+    """The ``top`` best RPN boxes before NMS (green if NMS keeps them, red if it suppresses them), or after NMS
+    (coloured by objectness, brighter = higher, on the range of the boxes drawn)."""
     view = Display(trace, display_side)
+    if before_nms:
+        boxes, scores = trace.pre_nms_boxes, trace.pre_nms_scores
+        kept_boxes = {tuple(box) for box in trace.proposals.tolist()}
+        shown = min(top, boxes.shape[0])
+        kept = [tuple(boxes[i].tolist()) in kept_boxes for i in range(shown)]
+        for index in reversed(range(shown)):
+            view.box(boxes[index].tolist(), (40, 200, 60) if kept[index] else (235, 40, 40), width=2)
+        legend = [((40, 200, 60), f"kept: {sum(kept)}"), ((235, 40, 40), f"suppressed: {shown - sum(kept)}")]
+        return captioned(view.picture, [
+            f"RPN boxes before NMS: {boxes.shape[0]} (the best {top} logits of each level), the best {shown} drawn",
+            f"NMS drops a box overlapping a better one of its level with IoU > {nms_thresh:g}; "
+            f"objectness {float(scores[shown - 1]):.2f} to {float(scores[0]):.2f}"], legend)
+    boxes, scores = trace.proposals, trace.proposal_scores
     shown = min(top, boxes.shape[0])
+    low, high = (float(scores[shown - 1]), float(scores[0])) if shown else (0.0, 1.0)
+    span = max(high - low, 1e-6)
     for index in reversed(range(shown)):  # best drawn last, on top
-        view.box(boxes[index].tolist(), score_color(float(scores[index])), width=1 if index >= 10 else 2)
-    stage = "before NMS" if before_nms else f"after NMS (IoU > {nms_thresh:g} suppressed per level)"
-    legend = [(score_color(v), f"objectness {v:.2f}") for v in (0.0, 0.5, 1.0)]
+        view.box(boxes[index].tolist(), score_color((float(scores[index]) - low) / span), width=2)
+    legend = [(score_color(0.0), f"objectness {low:.2f}"), (score_color(0.5), f"{(low + high) / 2:.2f}"),
+              (score_color(1.0), f"{high:.2f}")]
     return captioned(view.picture, [
-        f"RPN boxes {stage}: {boxes.shape[0]} in all, the best {shown} drawn",
-        "anchors moved by the RPN's deltas, clipped to the image; thick = top 10"], legend)
+        f"Proposals after NMS: {boxes.shape[0]} kept (at most post_nms_top_n), the best {shown} drawn",
+        "what the second stage receives: anchors moved by the RPN's deltas, clipped to the image"], legend)
 
 
 def roi_levels_picture(trace: StageTrace, display_side: int, top: int) -> Image.Image:
