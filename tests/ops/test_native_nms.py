@@ -164,6 +164,19 @@ def test_half_precision_boxes_are_compared_in_float32(device, dtype):
     assert torch.equal(nms(boxes, scores, 0.6).cpu(), expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_threshold_is_compared_in_double_like_torchvision(device):
+    """The IoU is computed in the boxes' dtype and compared with the threshold as a double:
+    3 / 10 in float32 is 0.30000001192..., above 0.3 and 0.30000001 but not above itself."""
+    needs_cuda_kernels(device)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 1.0], [0.0, 0.0, 3.0, 1.0]], device=device)
+    scores = torch.tensor([0.9, 0.8], device=device)
+    float_iou = float(torch.tensor(3.0) / torch.tensor(10.0))
+    for threshold, kept in ((0.3, [0]), (0.30000001, [0]), (float_iou, [0, 1]), (0.300000012, [0, 1])):
+        assert _native._C.nms(boxes, scores, threshold).tolist() == kept
+        assert nms_reference(boxes.cpu(), scores.cpu(), threshold).tolist() == kept
+
+
 def test_scores_may_have_another_dtype_than_boxes():
     generator = torch.Generator().manual_seed(11)
     boxes = random_boxes(200, generator)

@@ -182,22 +182,27 @@ def test_boxes_outside_the_map_read_zero_and_get_no_gradient(device):
 def test_non_contiguous_tensors(device):
     needs_cuda_kernels(device)
     generator = torch.Generator().manual_seed(2)
-    # input as a (N, H, W, C) tensor viewed as (N, C, H, W); rois as columns 1..5 of a wider tensor
-    x = torch.randn(2, 9, 11, 4, generator=generator, dtype=torch.float64).permute(0, 3, 1, 2)
+    # input: a (N, H, W, C) tensor viewed as (N, C, H, W) (channels_last), or every other row and
+    # column of a larger map; rois: columns 1..5 of a wider tensor
+    inputs = [torch.randn(2, 9, 11, 4, generator=generator, dtype=torch.float64).permute(0, 3, 1, 2),
+              torch.randn(2, 4, 18, 23, generator=generator, dtype=torch.float64)[:, :, ::2, 1::2]]
     wide = torch.cat([torch.zeros(12, 1, dtype=torch.float64),
                       random_rois(12, 2, 36, 44, generator, torch.float64)], dim=1)
-    x, rois = x.to(device), wide.to(device)[:, 1:]
-    assert not x.is_contiguous() and not rois.is_contiguous()
+    rois = wide.to(device)[:, 1:]
     grad_weight = torch.randn(12, 4, 3, 5, generator=generator, dtype=torch.float64).to(device)
-    results = []
-    for run in (native_roi_align, roi_align_reference):
-        xi = x.clone().requires_grad_()  # keeps the permuted strides
-        out = run(xi, rois, (5, 3), 0.25, 2, True)
-        # a transposed view makes grad_output non-contiguous too
-        (out.transpose(2, 3) * grad_weight).sum().backward()
-        results.append((out.detach(), xi.grad))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-10)
-    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-10)
+    for x in inputs:
+        x = x.to(device)
+        assert x.shape == (2, 4, 9, 11) and not x.is_contiguous() and not rois.is_contiguous()
+        results = []
+        for run in (native_roi_align, roi_align_reference):
+            xi = x.detach().requires_grad_()  # keeps the strides (clone would not, for a slice)
+            assert not xi.is_contiguous()
+            out = run(xi, rois, (5, 3), 0.25, 2, True)
+            # a transposed view makes grad_output non-contiguous too
+            (out.transpose(2, 3) * grad_weight).sum().backward()
+            results.append((out.detach(), xi.grad))
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-10)
+        torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -99,7 +99,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& r
   check_float_dtype(op, "grad_output", grad_output);
   check_same_device_and_dtype(op, "grad_output", grad_output, "rois", rois);
   check_device_supported(op, grad_output);
-  check_feature_map_size(op, height, width);
+  if (rois.size(0) > 0) check_feature_map_size(op, height, width);
 #ifdef WITH_CUDA
   if (grad_output.is_cuda()) {
     return roi_align_backward_cuda(grad_output, rois, spatial_scale, out_h, out_w, batch_size,

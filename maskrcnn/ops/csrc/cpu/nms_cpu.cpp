@@ -5,7 +5,8 @@
 // IoU uses areas without "+1" (width = x2 - x1). Ties in score keep their input order (a stable
 // sort), so the result is a pure function of the inputs.
 //
-// The boxes are first gathered into score order, so the inner loop reads memory sequentially.
+// The boxes are first gathered into score order, one array per coordinate, so that the inner
+// loop reads memory sequentially and the compiler vectorizes it.
 // float16 / bfloat16 boxes are compared in float32 (half-precision IoU is too coarse).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
@@ -13,6 +14,8 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -21,29 +24,43 @@
 namespace maskrcnn {
 namespace {
 
+// The largest T not above `threshold`: for every T value x (NaN included), x > threshold, compared
+// in double, equals x > round_down(threshold), compared in T: the inner loop stays in T.
+template <typename T>
+T round_down(double threshold) {
+  T t = static_cast<T>(threshold);
+  if (static_cast<double>(t) > threshold) t = std::nextafter(t, -std::numeric_limits<T>::infinity());
+  return t;
+}
+
 // boxes: (n, 4) contiguous, already sorted by decreasing score. Writes the positions (into that
 // sorted order) of the kept boxes to `kept` and returns how many there are.
 template <typename T>
 int64_t greedy_nms_sorted(const T* boxes, int64_t n, double iou_threshold, int64_t* kept) {
-  std::vector<T> areas(n);
+  // one array per coordinate, so that the inner loop reads each with unit stride and vectorizes
+  std::vector<T> x1(n), y1(n), x2(n), y2(n), areas(n);
   for (int64_t i = 0; i < n; ++i) {
-    const T* b = boxes + i * 4;
-    areas[i] = (b[2] - b[0]) * (b[3] - b[1]);
+    x1[i] = boxes[i * 4];
+    y1[i] = boxes[i * 4 + 1];
+    x2[i] = boxes[i * 4 + 2];
+    y2[i] = boxes[i * 4 + 3];
+    areas[i] = (x2[i] - x1[i]) * (y2[i] - y1[i]);
   }
+  const T threshold = round_down<T>(iou_threshold);
   std::vector<unsigned char> suppressed(n, 0);
   int64_t num_kept = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (suppressed[i]) continue;
     kept[num_kept++] = i;
-    const T* bi = boxes + i * 4;
+    // Box i suppresses every later box it overlaps too much. Testing the already suppressed ones
+    // again changes nothing and keeps the loop branch-free.
+    const T bx1 = x1[i], by1 = y1[i], bx2 = x2[i], by2 = y2[i], area = areas[i];
     for (int64_t j = i + 1; j < n; ++j) {
-      if (suppressed[j]) continue;
-      const T* bj = boxes + j * 4;
-      const T inter_w = std::max(static_cast<T>(0), std::min(bi[2], bj[2]) - std::max(bi[0], bj[0]));
-      const T inter_h = std::max(static_cast<T>(0), std::min(bi[3], bj[3]) - std::max(bi[1], bj[1]));
+      const T inter_w = std::max(T(0), std::min(bx2, x2[j]) - std::max(bx1, x1[j]));
+      const T inter_h = std::max(T(0), std::min(by2, y2[j]) - std::max(by1, y1[j]));
       const T inter = inter_w * inter_h;
-      const T iou = inter / (areas[i] + areas[j] - inter);
-      if (iou > iou_threshold) suppressed[j] = 1;  // compared in double, as the threshold is
+      const T iou = inter / (area + areas[j] - inter);  // 0 / 0 = NaN: never suppresses
+      suppressed[j] |= static_cast<unsigned char>(iou > threshold);
     }
   }
   return num_kept;
