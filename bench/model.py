@@ -158,7 +158,8 @@ def table(records: List[Dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda if present)")
+    parser.add_argument("--devices", nargs="+", default=None,
+                        help="cpu and/or cuda (default: cpu, plus cuda if present)")
     parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
     parser.add_argument("--backends", nargs="+", default=["reference", "native"], choices=["reference", "native"])
     parser.add_argument("--runs", type=int, default=3, help="timed calls after the warm-up call (default 3)")

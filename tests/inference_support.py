@@ -49,7 +49,8 @@ def mode_images(folder: str, height: int = 42, width: int = 56, seed: int = 0) -
     rng = np.random.default_rng(seed)
     # Smooth colour blobs rather than noise, so JPEG keeps them and the model sees structure.
     yy, xx = np.mgrid[0:height, 0:width]
-    rgb = np.stack([(127 + 120 * np.sin(xx / (4 + 3 * c) + yy / (5 + c) + rng.uniform(0, 6))) for c in range(3)], axis=2)
+    waves = [127 + 120 * np.sin(xx / (4 + 3 * c) + yy / (5 + c) + rng.uniform(0, 6)) for c in range(3)]
+    rgb = np.stack(waves, axis=2)
     rgb = rgb.clip(0, 255).astype(np.uint8)
     paths = {name: os.path.join(folder, file) for name, file in [
         ("rgb", "a_rgb.png"), ("gray", "b_gray.png"), ("gray16", "c_gray16.png"), ("rgba", "d_rgba.png"),

@@ -20,10 +20,10 @@ applied, and ``height``/``width`` are the oriented size (what ``read_image_size`
 input's file name; a second input with the same name gets ``_2``, ``_3``... before the extension. Category ids
 are the model's labels 1..K with the checkpoint's class names, in label order. Image ids are the inputs'
 1-based positions (as in ``coco_results.json``), so an unreadable input leaves a gap. Each annotation holds the
-predicted box (``[x, y, w, h]``, clipped to the image), the mask as compressed RLE, ``area`` = mask pixels, ``iscrowd`` 0 and, as an
-extra field the loaders ignore, the ``score``, so a reviewer can sort by confidence. Instances whose mask is
-empty at the mask threshold are left out (a mask with no pixel is a broken annotation to the dataset
-checker). Images with no instance are kept: they are negatives, or objects to annotate by hand.
+predicted box (``[x, y, w, h]``, clipped to the image), the mask as compressed RLE, ``area`` = mask pixels,
+``iscrowd`` 0 and, as an extra field the loaders ignore, the ``score``, so a reviewer can sort by confidence.
+Instances whose mask is empty at the mask threshold are left out (a mask with no pixel is a broken annotation
+to the dataset checker). Images with no instance are kept: they are negatives, or objects to annotate by hand.
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="checkpoint written by train.py (or a state dict + --config)")
     parser.add_argument("--config", help="YAML config replacing the checkpoint's (needed for bare state dicts)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available; default), cpu, cuda, cuda:1")
     parser.add_argument("--score-thresh", type=float, help="keep detections scoring at least this (infer.score_thresh)")
     parser.add_argument("--max-detections", type=int, help="most detections per image (infer.max_detections)")
     parser.add_argument("--class", dest="classes", action="append", metavar="NAME",
@@ -45,8 +45,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="images per forward pass (infer.batch_size)")
     parser.add_argument("--workers", type=int, help="image-decoding processes (infer.num_workers)")
     parser.add_argument("--max-decoded-side", type=int, help="shrink larger images first (infer.max_decoded_side)")
-    parser.add_argument("--max-image-pixels", type=int, help="refuse larger images, 0 = no limit (infer.max_image_pixels)")
-    parser.add_argument("--overlay-max-side", type=int, help="scale overlays down to this side (infer.overlay_max_side)")
+    parser.add_argument("--max-image-pixels", type=int,
+                        help="refuse larger images, 0 = no limit (infer.max_image_pixels)")
+    parser.add_argument("--overlay-max-side", type=int,
+                        help="scale overlays down to this side (infer.overlay_max_side)")
     parser.add_argument("--json", choices=("per-image", "coco", "none"), default="per-image",
                         help="one JSON per image (default), one COCO results file, or none")
     parser.add_argument("--no-overlays", action="store_true", help="do not draw overlay pictures")
@@ -110,7 +112,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"COCO results: {write_json(os.path.join(args.out, 'coco_results.json'), coco)}")
     if dataset is not None:
         path = dataset.close()
-        note = f" ({dataset.skipped_empty_masks} instance(s) with empty masks left out)" if dataset.skipped_empty_masks else ""
+        empty = dataset.skipped_empty_masks
+        note = f" ({empty} instance(s) with empty masks left out)" if empty else ""
         print(f"dataset: {path} with {len(dataset.images)} image(s), {len(dataset.annotations)} annotation(s){note}")
     if failures:
         with open(os.path.join(args.out, "unreadable.txt"), "w") as f:

@@ -273,7 +273,8 @@ class Predictor:
             if array.ndim != 3 or array.shape[2] != 3:
                 raise ValueError(f"image: expected an (H, W, 3) array, got shape {array.shape}")
             scale = 255.0 if array.dtype == np.uint8 else 1.0
-            tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float() / scale  # (H,W,3)->(3,H,W)
+            # (H, W, 3) -> (3, H, W)
+            tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float() / scale
         if tensor.dim() != 3 or tensor.shape[0] != 3 or not tensor.is_floating_point():
             raise ValueError(f"image: expected a float (3, H, W) tensor in [0, 1], got {tuple(tensor.shape)} "
                              f"{tensor.dtype}")

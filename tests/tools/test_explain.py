@@ -18,8 +18,9 @@ CLASS_NAMES = ["bag", "footwear", "outer", "dress", "pants", "top", "skirt", "he
 # A tiny random-init model (as tests/inference_support.py, with the synthetic set's 8 classes).
 TINY = ["model.num_classes=8", "model.backbone.depth=18", "model.backbone.fpn_channels=16",
         "model.backbone.frozen_stages=0", "input.min_size=96", "input.max_size=96",
-        "model.rpn.anchor_sizes=[8,16,32,64,128]", "model.rpn.pre_nms_top_n_test=300", "model.rpn.post_nms_top_n_test=60",
-        "model.roi_heads.box_hidden_dim=32", "model.roi_heads.mask_conv_dims=[16]", "model.roi_heads.detections_per_img=8"]
+        "model.rpn.anchor_sizes=[8,16,32,64,128]", "model.rpn.pre_nms_top_n_test=300",
+        "model.rpn.post_nms_top_n_test=60", "model.roi_heads.box_hidden_dim=32", "model.roi_heads.mask_conv_dims=[16]",
+        "model.roi_heads.detections_per_img=8"]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,8 @@ def test_every_picture_is_written_and_shows_something(setup, capsys):
     for first in range(len(arrays)):
         for second in range(first + 1, len(arrays)):
             same_shape = arrays[first].shape == arrays[second].shape
-            assert not (same_shape and np.array_equal(arrays[first], arrays[second])), (PICTURES[first], PICTURES[second])
+            identical = same_shape and np.array_equal(arrays[first], arrays[second])
+            assert not identical, (PICTURES[first], PICTURES[second])
 
 
 def test_unreadable_image_is_an_error(setup, tmp_path, capsys):
