@@ -84,7 +84,11 @@ def _native_build_options():
     want_cuda = force_cuda or (torch.version.cuda is not None and CUDA_HOME is not None)
     notes = []
     extension, variant = None, "cpu"
-    if want_cuda:
+    if want_cuda and torch.version.cuda is None:
+        notes.append(f"FORCE_CUDA=1, but torch {torch.__version__} was built without CUDA; "
+                     "built the CPU kernels only")
+        _warn(notes[-1])
+    elif want_cuda:
         try:
             extension = CUDAExtension(
                 NATIVE_MODULE,
@@ -93,7 +97,7 @@ def _native_build_options():
                 extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             )
             variant = "cuda"
-        except Exception as error:  # e.g. FORCE_CUDA=1 with a CPU-only torch: no CUDA_HOME
+        except Exception as error:  # e.g. FORCE_CUDA=1 and no toolkit: no CUDA_HOME
             notes.append(f"CUDA build not possible ({error}); built the CPU kernels only")
             _warn(notes[-1])
     if extension is None:

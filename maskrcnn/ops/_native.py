@@ -128,7 +128,7 @@ def choose_backend(
     if not native_enabled_by_env():
         return "reference", f"{ENV_SWITCH}={os.environ[ENV_SWITCH]} in the environment"
     if _C is None:
-        return "reference", f"native extension {_why_not_available()}"
+        return "reference", f"native extension {extension_status()}"
     if device_type not in native_devices():
         built_for = " and ".join(native_devices())
         return "reference", f"the native extension has {built_for} kernels only, not {device_type}"

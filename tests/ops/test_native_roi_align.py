@@ -61,7 +61,10 @@ def compare_with_reference(device, dtype, output_size, spatial_scale, sampling_r
     x = torch.randn(2, 5, feature_h, feature_w, generator=generator, dtype=dtype)
     rois = random_rois(num_rois, 2, feature_h / spatial_scale, feature_w / spatial_scale,
                        generator, dtype)
-    grad_weight = torch.randn(num_rois, 5, *output_size, generator=generator, dtype=dtype)
+    # scaled so that input gradients stay O(1): a float32 gradient summing hundreds of terms to
+    # ~20 carries ~1e-5 of rounding in any summation order (the reference's, too), which the 1e-5
+    # tolerance is not meant to measure
+    grad_weight = 0.1 * torch.randn(num_rois, 5, *output_size, generator=generator, dtype=dtype)
     x, rois, grad_weight = x.to(device), rois.to(device), grad_weight.to(device)
     results = []
     for run in (native_roi_align, roi_align_reference):
