@@ -109,17 +109,22 @@ def _native_build_options():
         def run(self):
             started = time.time()
             inplace = self.inplace  # setuptools clears it while building and restores it after,
+            compiler = self.compiler  # and run() replaces the compiler's name by the compiler
             record = {"torch": torch.__version__, "variant": variant, "notes": notes}
             try:
                 super().run()
                 record["status"] = "built"
             except Exception as error:
-                self.inplace = inplace  # ... which an exception skips
+                self.inplace, self.compiler = inplace, compiler  # as they were, for a second run
                 if variant == "cuda":
                     notes.append(f"CUDA build failed ({_last_line(error)}); retried with the CPU "
                                  "kernels only")
                     _warn(notes[-1] + "\n" + traceback.format_exc())
-                    self.extensions = [cpu_extension()]
+                    # the same Extension object (setuptools has annotated it), with the CPU settings
+                    (extension,) = self.extensions
+                    cpu_settings = vars(cpu_extension())
+                    vars(extension).update({k: v for k, v in cpu_settings.items()
+                                            if not k.startswith("_")})
                     record["variant"] = "cpu"
                     try:
                         super().run()
