@@ -1,8 +1,10 @@
 """Box operations, the box coder, NMS and ROIAlign: the numeric building blocks of Mask R-CNN.
 
-Every op is pure PyTorch. NMS and ROIAlign each have one public entry point (``nms``, ``roi_align``)
-that checks its arguments and calls an implementation (``nms_reference``, ``roi_align_reference``), so
-that native kernels can be slotted in behind the same entry point.
+The box ops and the coder are pure PyTorch. NMS and ROIAlign each have one public entry point (``nms``,
+``roi_align``) that checks its arguments and then runs the native C++/CUDA kernel when the extension is
+built and supports the tensor's device, else the pure-PyTorch reference (``nms_reference``,
+``roi_align_reference``); ``maskrcnn/ops/_native.py`` makes that choice, ``MASKRCNN_NATIVE=0`` forces the
+reference, and ``python -m maskrcnn.doctor`` reports which backend each op uses and why.
 """
 from .box_coder import BoxCoder
 from .boxes import box_area, box_iou, clip_boxes_to_image, remove_small_boxes

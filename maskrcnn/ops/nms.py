@@ -5,9 +5,9 @@ decreasing score order; keep a box unless a box kept before it overlaps it with 
 than ``iou_threshold``. Ties in score are visited in index order (a stable sort), so with five identical
 boxes the one with the best score, or the lowest index among equal scores, survives.
 
-``nms`` is the public entry point: it checks its arguments and runs an implementation. Today that is
-``nms_reference`` (pure PyTorch); a native kernel can be slotted in behind ``nms`` without changing any
-caller. ``batched_nms`` runs NMS independently within each class (or FPN level) id.
+``nms`` is the public entry point: it checks its arguments and runs an implementation, the native kernel
+when the extension is built for the boxes' device, else ``nms_reference`` (pure PyTorch); see
+``maskrcnn/ops/_native.py``. ``batched_nms`` runs NMS independently within each class (or FPN level) id.
 """
 from __future__ import annotations
 
