@@ -1,5 +1,6 @@
 """The training loop: exact resume after a SIGKILL (across a stage and an epoch boundary), the data position
 on resume, the non-finite-loss stop, and the metrics file and progress line."""
+import json
 import os
 import signal
 
@@ -139,3 +140,44 @@ def test_loss_curves_picture_is_drawn_from_the_metrics(tmp_path):
 
     with Image.open(path) as picture:
         assert picture.size == (720, 480)
+
+
+# ----------------------------------------------------------------------------------------------
+# Predictions file and overlays
+# ----------------------------------------------------------------------------------------------
+def test_predictions_json_is_coco_results_and_overlays_enlarge_small_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from maskrcnn.engine.coco_format import encode_prediction, records_to_coco
+    from maskrcnn.engine.evaluation import _coco_from_dict
+    from maskrcnn.engine.validation import write_overlays, write_predictions_json
+
+    Image.fromarray(np.full((64, 48, 3), 200, dtype=np.uint8)).save(tmp_path / "a.png")
+    record = {"file_name": str(tmp_path / "a.png"), "image_id": 7, "height": 64, "width": 48,
+              "annotations": [{"bbox": [10, 20, 30, 50], "category_id": 2, "iscrowd": 0,
+                               "segmentation": [[10, 20, 30, 20, 30, 50, 10, 50]]}]}
+    masks = torch.zeros(2, 1, 64, 48)
+    masks[0, 0, 20:50, 10:30] = 0.9
+    masks[1, 0, 0:5, 0:5] = 0.8
+    encoded = encode_prediction({"image_id": 7, "boxes": torch.tensor([[10.0, 20, 30, 50], [0, 0, 5, 5]]),
+                                 "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.3]),
+                                 "masks": masks})
+    path = write_predictions_json(str(tmp_path / "predictions.json"), [encoded], ["top", "skirt"])
+    with open(path) as f:
+        detections = json.load(f)
+    assert [(d["category_id"], d["category_name"], d["score"], d["bbox"]) for d in detections] == [
+        (2, "skirt", 0.9, [10.0, 20.0, 20.0, 30.0]), (1, "top", 0.3, [0.0, 0.0, 5.0, 5.0])]
+    assert int(mask_utils.area(detections[0]["segmentation"])) == 20 * 30
+    # pycocotools accepts the file as results for this ground truth
+    ground_truth = _coco_from_dict(records_to_coco([record], ["top", "skirt"]))
+    assert len(ground_truth.loadRes(path).getAnnIds()) == 2
+
+    written = write_overlays(str(tmp_path / "overlays"), [record], [encoded], ["top", "skirt"], score_thresh=0.5)
+    assert [os.path.basename(p) for p in written] == ["7.png"]
+    with Image.open(written[0]) as picture:
+        assert picture.size == (48 * 6, 64 * 6)  # 384 // 64 = 6 times larger
+        pixels = np.asarray(picture)
+    assert tuple(pixels[35 * 6, 20 * 6]) != (200, 200, 200)  # inside the kept mask: tinted
+    assert tuple(pixels[2 * 6, 2 * 6]) == (200, 200, 200)  # the 0.3 detection is below the threshold
