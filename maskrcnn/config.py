@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from typing import Any, Iterable, Mapping, Optional
 
 import yaml
@@ -117,6 +118,16 @@ def _type_name(spec: K) -> str:
     return type(spec.default).__name__
 
 
+# YAML 1.1 (PyYAML) reads `1e-4` as the string "1e-4" (it wants `1.0e-4`); a float key takes it as a number.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _as_float_if_numeric_text(value: Any, expected: Optional[type]) -> Any:
+    if expected is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _check_scalar(value: Any, expected: type) -> bool:
     if expected is bool:
         return isinstance(value, bool)
@@ -147,11 +158,13 @@ def _coerce(dotted: str, spec: K, value: Any, source: str) -> Any:
         if not isinstance(value, list):
             raise fail()
         elem = spec.type or (type(spec.default[0]) if spec.default else None)
+        value = [_as_float_if_numeric_text(v, elem) for v in value]
         if elem is not None and not all(_check_scalar(v, elem) for v in value):
             raise fail()
         return [float(v) if elem is float else v for v in value]
     else:
         expected = type(spec.default)
+    value = _as_float_if_numeric_text(value, expected)
     if expected is not None and not _check_scalar(value, expected):
         raise fail()
     return float(value) if expected is float else value

@@ -92,6 +92,19 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
         load_config(overrides=["seed.x=3"])
 
 
+def test_exponent_without_a_dot_is_a_float(tmp_path):
+    # PyYAML reads `1e-4` as a string (YAML 1.1 wants `1.0e-4`); float keys accept it as the number.
+    cfg = load_config(overrides=["solver.base_lr=1e-4", "input.pixel_std=[1e-1, 2, 3E+0]"])
+    assert cfg.solver.base_lr == 1e-4 and isinstance(cfg.solver.base_lr, float)
+    assert cfg.input.pixel_std == [0.1, 2.0, 3.0]
+    path = write(tmp_path, "exp.yaml", "solver:\n  weight_decay: 5e-5\n")
+    assert load_config(path).solver.weight_decay == 5e-5
+    with pytest.raises(ConfigError, match=r"key 'solver.max_iter' expects int, got str '1e3'"):
+        load_config(overrides=["solver.max_iter=1e3"])
+    with pytest.raises(ConfigError, match=r"key 'solver.base_lr' expects float, got str '1e-4x'"):
+        load_config(overrides=["solver.base_lr=1e-4x"])
+
+
 def test_override_parsing():
     assert parse_override("solver.base_lr=0.01") == ("solver.base_lr", 0.01)
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
