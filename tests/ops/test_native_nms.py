@@ -10,27 +10,13 @@ import torch
 from maskrcnn.ops import _native
 from maskrcnn.ops.nms import batched_nms, nms, nms_reference
 
-NO_GPU = "no CUDA device (torch.cuda.is_available() is False)"
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason=NO_GPU)])]
+from native_support import (  # noqa: F401  (backend is a fixture)
+    DEVICES, CountingExtension, backend, needs_cuda_kernels, require_native_extension)
 
 
 @pytest.fixture(autouse=True)
 def native_extension():
-    """The compiled extension. Its absence fails the test, unless the build was switched off on
-    purpose (MASKRCNN_BUILD_NATIVE=0), which skips it, saying so."""
-    if _native._C is None:
-        record = _native.BUILD_RECORD or {}
-        if record.get("status") == "skipped":
-            pytest.skip(f"native extension not built: {record.get('reason')}")
-        pytest.fail(f"native extension {_native.extension_status()}")
-    return _native._C
-
-
-def needs_cuda_kernels(device):
-    if device == "cuda" and not _native._C.with_cuda:
-        pytest.fail("CUDA is available but the extension was built without CUDA kernels: "
-                    + _native.extension_status())
+    return require_native_extension()
 
 
 def random_boxes(n, generator, dtype=torch.float32, extent=1000.0, max_size=300.0):
@@ -41,34 +27,6 @@ def random_boxes(n, generator, dtype=torch.float32, extent=1000.0, max_size=300.
 
 
 # --- torchvision's numbers, through both backends of the public ops ---------------------------------
-
-class CountingExtension:
-    """Stands in for maskrcnn.ops._C and records which of its functions were called."""
-
-    def __init__(self, extension):
-        self._extension = extension
-        self.calls = []
-
-    def __getattr__(self, name):
-        attribute = getattr(self._extension, name)
-        if not callable(attribute):
-            return attribute
-
-        def counted(*args, **kwargs):
-            self.calls.append(name)
-            return attribute(*args, **kwargs)
-
-        return counted
-
-
-@pytest.fixture(params=["native", "reference"])
-def backend(request, monkeypatch):
-    """Forces one backend of the public ops; yields (name, spy on the extension)."""
-    spy = CountingExtension(_native._C)
-    monkeypatch.setattr(_native, "_C", spy)
-    monkeypatch.setenv("MASKRCNN_NATIVE", "1" if request.param == "native" else "0")
-    return request.param, spy
-
 
 def assert_backend_ran(backend):
     name, spy = backend
