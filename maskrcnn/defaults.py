@@ -40,6 +40,11 @@ DEFAULTS = {
         "num_classes": K(13, "Object categories, background excluded (ModaNet has 13; torchvision's 14 = 13 + 1)."),
         "weights": K("", "Weights to start from: ours, torchvision maskrcnn_resnet50_fpn or ImageNet resnet (converted); '' = none.", type=str),
         "mask_on": K(True, "Build the mask branch; False gives a Faster R-CNN (boxes only)."),
+        "num_attributes": K(0, "Fine-grained attributes predicted per detection (multi-label head on the box head's ROI features, docs/extending.md); 0 = no attribute head, the model and checkpoints exactly as without it."),
+        "attribute_names": K([], "Names of the attributes, in output order; filled from the data's attribute table at training so that checkpoints carry them (as they carry the class names).", type=str),
+        "attribute_hidden_dim": K(256, "Width of the attribute head's hidden layer (its own small MLP over the 1024-d box features)."),
+        "attribute_loss_weight": K(1.0, "Weight of loss_attributes in the total loss."),
+        "attribute_pos_weight": K(1.0, "Weight of the positive term of each attribute's binary cross-entropy; > 1 counters rare attributes (most attributes are absent from most objects)."),
         "backbone": {
             "depth": K(50, "ResNet depth: 18, 34, 50 or 101; 50 is torchvision's maskrcnn_resnet50_fpn."),
             "frozen_stages": K(2, "Leading stages with frozen weights (1 = stem, 2 = stem + res2, ...); 2 = torchvision's trainable_layers=3."),
@@ -90,6 +95,8 @@ DEFAULTS = {
         "class_order": K([], "Final class names in label order (label = position + 1); set the same list for two datasets to share one taxonomy; empty = table order.", type=str),
         "recompute_boxes": K(False, "Replace every box by the whole-pixel box of its mask (fixes ModaNet's boxes that disagree with their polygons); off by default since it decodes every mask at load time."),
         "clip_boxes": K(True, "Clip boxes that stick out of the image to the image (boxes wholly outside are reported and dropped); on, since such boxes only add loss outside the picture."),
+        "attributes": K("", "Attribute table for model.num_attributes: 'file' = the dataset's own list (a Fashionpedia-style COCO file's top-level attributes, iMaterialist's label_descriptions.json), or a table file such as data/categories/synthetic_attributes.yaml; '' = no attributes.", type=str),
+        "attribute_supercategories": K([], "Keep only the attributes of these supercategories (e.g. ['textile pattern']); empty = all.", type=str),
         "strict": K(False, "True: the first bad image or annotation raises an error naming it; False: it is skipped with one warning naming it, and the count is reported."),
         # Training augmentations (maskrcnn/data/transforms.py): each has a probability and a range; the geometric
         # ones move boxes and masks with the image. The defaults reproduce the standard Mask R-CNN recipe
@@ -181,6 +188,7 @@ DEFAULTS = {
         "score_thresh": K(0.5, "Detections scoring below this are left out of every output; 0.5 suits pictures and auto-annotation (use 0.05 for a COCO results file scored by AP, which rewards low-score detections)."),
         "max_detections": K(100, "Most detections kept per image, best first, after the score and class filters; COCO's 100 is far above the 1-20 items of a fashion photo (replaces model.roi_heads.detections_per_img)."),
         "classes": K([], "Class names to keep, e.g. [dress, bag]; empty = every class of the checkpoint.", type=str),
+        "attribute_thresh": K(0.5, "Attributes scoring below this are left out of each item's attributes list (JSON, overlays); the evaluation's attribute AP uses every score."),
         "mask_threshold": K(0.5, "Mask probabilities above this are foreground in the written masks (RLE, overlays, crops); 0.5 as in training and evaluation."),
         "batch_size": K(1, "Images per forward pass; 1 keeps each image's result independent of its batch-mates (padding to a common size changes the anchors the RPN ranks). Raise it on a GPU for throughput."),
         "num_workers": K(2, "Processes decoding images in the background while the model runs; 0 decodes in the main process."),

@@ -36,6 +36,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .problems import DataError, DataWarning
+from .attributes import attribute_targets
 from .records import segmentation_to_mask
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit greyscale PNG/TIFF
@@ -84,6 +85,8 @@ class FashionDataset(torch.utils.data.Dataset):
     def __init__(self, records, augmentations: Optional[Callable] = None, num_classes: Optional[int] = None,
                  strict: bool = False, seed: int = 0):
         self.class_names = list(getattr(records, "class_names", []) or [])
+        # attribute ``a`` of the model is source attribute id ``attribute_source_ids[a]`` (data/attributes.py)
+        self.attribute_index = {s: a for a, s in enumerate(getattr(records, "attribute_source_ids", []) or [])}
         self.records = list(getattr(records, "records", records))
         if num_classes is None and self.class_names:
             num_classes = len(self.class_names)
@@ -164,7 +167,7 @@ class FashionDataset(torch.utils.data.Dataset):
 
     def _target(self, record: dict, index: int, height: int, width: int) -> dict:
         """Boxes, labels and masks of the record's usable, non-crowd annotations."""
-        boxes, labels, masks, problems = [], [], [], []
+        boxes, labels, masks, attribute_lists, problems = [], [], [], [], []
         for i, ann in enumerate(record["annotations"]):
             if ann.get("iscrowd", 0):
                 continue
@@ -179,17 +182,22 @@ class FashionDataset(torch.utils.data.Dataset):
             boxes.append(box)
             labels.append(label)
             masks.append(mask)
+            attribute_lists.append(ann.get("attribute_ids"))
         if problems and not self._bad_annotations[index]:
             self._bad_annotations[index] = len(problems)
             for problem in problems:
                 warnings.warn(f"{problem} (annotation skipped)", DataWarning, stacklevel=4)
-        return {
+        target = {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),  # (N, 4)
             "labels": torch.tensor(labels, dtype=torch.int64),  # (N,)
             "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, height, width),
                                                                                  dtype=torch.uint8),
             "image_id": int(record["image_id"]),
         }
+        if self.attribute_index:  # attributes (N, A) float32 multi-hot, attributes_known (N,) bool
+            target["attributes"], target["attributes_known"] = attribute_targets(
+                attribute_lists, self.attribute_index, len(self.attribute_index))
+        return target
 
     def _instance(self, ann: dict, where: str, height: int, width: int) -> tuple:
         """(box list, label int, mask (H, W) uint8) of one annotation, or DataError naming ``where``."""

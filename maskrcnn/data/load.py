@@ -24,6 +24,7 @@ Options shared by all formats: ``categories`` (class-table file or built-in name
 """
 from __future__ import annotations
 
+from .attributes import attribute_table_for
 from .coco import load_coco
 from .deepfashion2 import load_deepfashion2
 from .imaterialist import load_imaterialist
@@ -82,5 +83,10 @@ def load_split(cfg, split: str = "train", problems: Problems = None) -> RecordSe
     options = split_options(cfg["data"], split)
     if problems is not None:
         options["problems"] = problems
-    return load_dataset(options.pop("format"), options.pop("annotations"), options.pop("images_dir"),
-                        **options)
+    data_format, annotations = options.pop("format"), options.pop("annotations")
+    records = load_dataset(data_format, annotations, options.pop("images_dir"), **options)
+    table = attribute_table_for(cfg["data"]["attributes"], annotations, data_format,
+                                cfg["data"]["label_descriptions"], cfg["data"]["attribute_supercategories"])
+    if table is not None:  # the attributes the model predicts (attributes.py); records keep source ids
+        records.attribute_names, records.attribute_source_ids = list(table.names), list(table.source_ids)
+    return records

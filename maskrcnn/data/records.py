@@ -67,11 +67,15 @@ class RecordSet:
         records: list of record dicts (see the module docstring).
         class_names: K names; label ``k`` (1..K) is ``class_names[k - 1]``; background is not listed.
         source: where the records came from (annotation file or folder), for messages.
+        attribute_names, attribute_source_ids: the A attributes the model predicts and their source ids
+            (``attributes.AttributeTable``; empty when ``data.attributes`` is off).
     """
 
     records: list = field(default_factory=list)
     class_names: list = field(default_factory=list)
     source: str = ""
+    attribute_names: list = field(default_factory=list)
+    attribute_source_ids: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -19,6 +19,9 @@ Annotations are exact. A fully visible object's segmentation is its polygon; a p
 compressed COCO RLE of its *visible* pixels (the covered part is not in its mask). The mask is what
 ``records.segmentation_to_mask`` decodes, the image paints exactly those pixels, ``bbox`` is the whole-pixel box
 of the visible mask (``[x, y, w, h]``, COCO order) and ``area`` its pixel count.
+``attribute_ids`` holds the object's fabric pattern (one of ``PATTERN_NAMES``, drawn independently of the
+class, so that the class does not predict it), named by the file's top-level ``attributes`` list as
+Fashionpedia's files name theirs: the attribute head's demo (``configs/synthetic_attributes.yaml``).
 
 Determinism. Image ``i`` of a split draws from ``numpy.random.default_rng([seed, split, i])``: the same seed gives
 byte-identical JPEGs and JSON, and image ``i`` does not depend on how many images are generated.
@@ -38,6 +41,9 @@ from pycocotools import mask as coco_mask
 from .records import mask_to_box, segmentation_to_mask
 
 CLASS_NAMES = ["bag", "footwear", "outer", "dress", "pants", "top", "skirt", "headwear"]  # labels 1..8
+# The fabric pattern of each object, drawn independently of its class: its one attribute (attribute_ids,
+# source ids 1..5, supercategory "textile pattern"; the file's top-level "attributes" list names them).
+PATTERN_NAMES = ["plain", "striped", "checked", "dotted", "mottled"]
 SPLITS = {"train": 0, "val": 1}  # split number mixed into the seed
 MIN_VISIBLE = 0.55  # an object keeps at least this fraction of its pixels when later objects cover it
 JPEG_QUALITY = 90
@@ -150,7 +156,8 @@ def _smooth_noise(rng, height, width, cells):
 
 
 def _texture(rng, height, width):
-    """A (height, width, 3) fabric: solid, stripes, checks, dots or mottled, in two colours, with shading."""
+    """A (height, width, 3) fabric: solid, stripes, checks, dots or mottled, in two colours, with shading;
+    returns ``(fabric, kind)``, ``kind`` the index of the pattern in ``PATTERN_NAMES``."""
     first, second = _color(rng), _color(rng)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     period, angle = rng.uniform(5, 14), rng.uniform(0, math.pi)
@@ -167,7 +174,7 @@ def _texture(rng, height, width):
         pattern = _smooth_noise(rng, height, width, int(rng.integers(6, 16)))
     fabric = first + pattern[..., None] * (second - first)  # (H, W) -> (H, W, 3)
     shading = 0.8 + 0.4 * _smooth_noise(rng, height, width, 3)
-    return np.clip(fabric * shading[..., None], 0.0, 1.0)
+    return np.clip(fabric * shading[..., None], 0.0, 1.0), int(kind)
 
 
 def _background(rng, height, width):
@@ -229,7 +236,8 @@ def _place(rng, name, height, width):
 def render_image(rng: np.random.Generator, height: int, width: int):
     """One picture and its objects in painting order.
 
-    Returns ``(image uint8 (H, W, 3), [(label, polygons, visible mask (H, W) bool, full area), ...])``.
+    Returns ``(image uint8 (H, W, 3), [(label, polygons, visible mask (H, W) bool, full area, pattern), ...])``
+    with ``pattern`` the index of the object's fabric in ``PATTERN_NAMES``.
     """
     wanted = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.3, 0.3, 0.2]))
     objects = []  # (label, polygons, full mask) in painting order
@@ -245,12 +253,15 @@ def render_image(rng: np.random.Generator, height: int, width: int):
         if all(visible.sum() >= MIN_VISIBLE * obj[2].sum() for visible, obj in zip(_visible(candidate), candidate)):
             objects.append((label, polygons, full))
     image = _background(rng, height, width)
+    patterns = []
     for _, _, full in objects:
-        image[full] = _texture(rng, height, width)[full]
+        fabric, pattern = _texture(rng, height, width)
+        image[full] = fabric[full]
         image[_outline(full)] *= 0.55
+        patterns.append(pattern)
     image = np.clip(image + rng.normal(0.0, 0.015, image.shape), 0.0, 1.0)
-    described = [(label, polygons, visible, int(full.sum()))
-                 for (label, polygons, full), visible in zip(objects, _visible(objects))]
+    described = [(label, polygons, visible, int(full.sum()), pattern)
+                 for (label, polygons, full), visible, pattern in zip(objects, _visible(objects), patterns)]
     return (image * 255 + 0.5).astype(np.uint8), described
 
 
@@ -266,7 +277,7 @@ def _visible(objects):
 # ----------------------------------------------------------------------------------------------
 # Writing a split
 # ----------------------------------------------------------------------------------------------
-def _annotation(ann_id, image_id, label, polygons, visible, full_area):
+def _annotation(ann_id, image_id, label, polygons, visible, full_area, pattern):
     x1, y1, x2, y2 = (float(v) for v in mask_to_box(visible))
     if int(visible.sum()) == full_area:
         segmentation = polygons
@@ -274,7 +285,8 @@ def _annotation(ann_id, image_id, label, polygons, visible, full_area):
         rle = coco_mask.encode(np.asfortranarray(visible.astype(np.uint8)))
         segmentation = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
     return {"id": ann_id, "image_id": image_id, "category_id": label, "segmentation": segmentation,
-            "area": int(visible.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0}
+            "area": int(visible.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0,
+            "attribute_ids": [pattern + 1]}
 
 
 def write_split(out_dir: str, split: str, count: int, seed: int, height: int, width: int) -> dict:
@@ -288,11 +300,14 @@ def write_split(out_dir: str, split: str, count: int, seed: int, height: int, wi
         image_id, file_name = index + 1, f"{index + 1:06d}.jpg"
         Image.fromarray(picture).save(os.path.join(images_dir, file_name), quality=JPEG_QUALITY)
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for label, polygons, visible, full_area in objects:
-            annotations.append(_annotation(len(annotations) + 1, image_id, label, polygons, visible, full_area))
+        for label, polygons, visible, full_area, pattern in objects:
+            annotations.append(_annotation(len(annotations) + 1, image_id, label, polygons, visible, full_area,
+                                           pattern))
     coco = {"info": {"description": "maskrcnn synthetic fashion set", "seed": seed, "split": split},
             "licenses": [], "images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(CLASS_NAMES)]}
+            "categories": [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(CLASS_NAMES)],
+            "attributes": [{"id": i + 1, "name": n, "supercategory": "textile pattern"}
+                           for i, n in enumerate(PATTERN_NAMES)]}
     annotations_path = os.path.join(out_dir, f"instances_{split}.json")
     with open(annotations_path, "w") as f:
         json.dump(coco, f)

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from .records import masks_to_boxes  # (N, H, W) -> (N, 4) tight whole-pixel boxes, DESIGN.md rule
 
-INSTANCE_KEYS = ("boxes", "labels", "masks")  # per-instance tensors: filtered together when instances drop
+# per-instance tensors: filtered together when instances drop (the attribute targets only when attributes are on)
+INSTANCE_KEYS = ("boxes", "labels", "masks", "attributes", "attributes_known")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def encode_prediction(prediction: Mapping, mask_threshold: float = 0.5) -> dict:
         if masks.shape[0] != n:
             raise ValueError(f"prediction for image {prediction['image_id']}: {n} boxes but {masks.shape[0]} masks")
         rles = encode_masks(masks, mask_threshold) if n > 0 else []
-    return {
+    encoded = {
         "encoded": True,
         "image_id": int(prediction["image_id"]),
         "boxes": boxes.tolist(),
@@ -205,6 +205,9 @@ def encode_prediction(prediction: Mapping, mask_threshold: float = 0.5) -> dict:
         "scores": scores.tolist(),
         "masks": rles,
     }
+    if prediction.get("attribute_scores") is not None:  # (n, A) with an attribute head: one row per detection
+        encoded["attribute_scores"] = torch.as_tensor(prediction["attribute_scores"]).detach().float().cpu().tolist()
+    return encoded
 
 
 def coco_results(encoded: Sequence[Mapping], iou_type: str) -> List[dict]:

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from maskrcnn.data import AspectRatioBatchSampler, FashionDataset, build_augmentations, collate, load_split, to_device
+from maskrcnn.data.attributes import training_attribute_names
 from maskrcnn.engine.checkpoint import (
     checkpoint_path,
     find_last_checkpoint,
@@ -184,6 +185,8 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
     if len(class_names) != cfg.model.num_classes:
         raise ValueError(f"model.num_classes={cfg.model.num_classes}, but the training set "
                          f"({cfg.data.train_annotations}) has {len(class_names)} classes: {class_names}")
+    if cfg.model.num_attributes:  # the checkpoint's config then carries the attribute names
+        cfg.model.attribute_names = training_attribute_names(cfg.model.num_attributes, train_set, cfg.data.attributes)
     train_dataset = FashionDataset(train_set, augmentations=build_augmentations(cfg.data.augment),
                                    strict=cfg.data.strict, seed=cfg.seed)
     batch_sampler = AspectRatioBatchSampler(

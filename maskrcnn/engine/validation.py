@@ -39,6 +39,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from maskrcnn.data import FashionDataset, collate, load_split
+from maskrcnn.engine.attribute_eval import evaluate_attributes, format_attribute_report, write_attribute_report
 from maskrcnn.engine.coco_format import encode_prediction
 from maskrcnn.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from maskrcnn.engine.distributed import DistributedInfo, destroy_distributed, init_distributed, synchronize
@@ -193,6 +194,11 @@ def run_evaluation(model: nn.Module, validation: ValidationSet, cfg, info: Distr
                           confusion_score_thresh=cfg.eval.confusion_score_thresh)
         print(f"evaluation on {len(validation.records)} validation images ({folder}):", flush=True)
         print(format_report(report), flush=True)
+        if cfg.model.num_attributes and validation.dataset.attribute_index:
+            report["attributes"] = evaluate_attributes(validation.records, encoded, cfg.model.attribute_names,
+                                                       validation.dataset.attribute_index, cfg.infer.attribute_thresh)
+            write_attribute_report(report["attributes"], folder)
+            print(format_attribute_report(report["attributes"]), flush=True)
         if write_predictions:
             path = write_predictions_json(os.path.join(folder, PREDICTIONS_FILE), encoded, validation.class_names)
             pictures = write_overlays(os.path.join(folder, "overlays"), validation.records, encoded,

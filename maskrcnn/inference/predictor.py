@@ -80,6 +80,8 @@ class Instance:
         tag: the class name.
         score: the class probability, in (0, 1].
         rle: the binary mask as compressed COCO RLE, ``{"size": [H, W], "counts": str}`` (original size).
+        attributes: with an attribute head (``model.num_attributes``), ``[{"name", "score"}]`` of the
+            attributes scoring at least ``infer.attribute_thresh``, best first; None without one.
     """
 
     box: Tuple[float, float, float, float]
@@ -87,6 +89,7 @@ class Instance:
     tag: str
     score: float
     rle: dict = field(repr=False)
+    attributes: Optional[List[dict]] = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -102,8 +105,11 @@ class Instance:
         """Plain JSON data: ``box`` xyxy, ``tag``, ``category_id``, ``score``, ``area``, ``segmentation`` (RLE).
 
         Numbers are written in full (a float32 value survives the JSON round trip exactly)."""
-        return {"box": [float(v) for v in self.box], "tag": self.tag, "category_id": int(self.label),
+        data = {"box": [float(v) for v in self.box], "tag": self.tag, "category_id": int(self.label),
                 "score": float(self.score), "area": self.area, "segmentation": dict(self.rle)}
+        if self.attributes is not None:
+            data["attributes"] = [dict(a) for a in self.attributes]
+        return data
 
 
 @dataclass
@@ -315,8 +321,24 @@ class Predictor:
             probabilities = mask_probabilities(logits, [d["labels"] for d in detections])  # [(K_i, 1, 28, 28)]
         else:
             probabilities = [None] * len(detections)
-        return [self._instances(d, p, item, size)
-                for d, p, item, size in zip(detections, probabilities, decoded, batch.image_sizes)]
+        results = [self._instances(d, p, item, size)
+                   for d, p, item, size in zip(detections, probabilities, decoded, batch.image_sizes)]
+        if getattr(heads, "num_attributes", 0) > 0:
+            boxes = [d["boxes"] for d in detections]
+            logits = heads.attribute_head(heads.box_features(pooled_levels, boxes, batch.image_sizes))  # (K, A)
+            scores = torch.sigmoid(logits.float()).cpu().split([b.shape[0] for b in boxes])  # one transfer
+            for instances, image_scores in zip(results, scores):
+                self._attach_attributes(instances, image_scores)
+        return results
+
+    def _attach_attributes(self, instances: List[Instance], scores: torch.Tensor) -> None:
+        """``instance.attributes`` = the attributes scoring at least ``infer.attribute_thresh``, best first;
+        ``scores (K, A)`` are one image's attribute probabilities in instance order."""
+        names = list(self.cfg.model.attribute_names) or [f"attribute_{a}" for a in range(scores.shape[1])]
+        threshold = float(self.cfg.infer.attribute_thresh)
+        for instance, row in zip(instances, scores.tolist()):
+            kept = sorted(((s, a) for a, s in enumerate(row) if s >= threshold), reverse=True)
+            instance.attributes = [{"name": names[a], "score": float(s)} for s, a in kept]
 
     def _filter(self, detection: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Keep the wanted classes at or above the score threshold, best ``max_detections`` (already sorted)."""

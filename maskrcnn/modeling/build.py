@@ -40,7 +40,9 @@ def build_roi_heads(cfg) -> ROIHeads:
         fg_iou_thresh=h.fg_iou_thresh, bg_iou_thresh=h.bg_iou_thresh, batch_size_per_image=h.batch_size_per_image,
         positive_fraction=h.positive_fraction, box_coder_weights=h.box_coder_weights,
         score_thresh=h.score_thresh, nms_thresh=h.nms_thresh, detections_per_img=h.detections_per_img,
-        mask_on=cfg.model.mask_on,
+        mask_on=cfg.model.mask_on, num_attributes=cfg.model.num_attributes,
+        attribute_hidden_dim=cfg.model.attribute_hidden_dim, attribute_loss_weight=cfg.model.attribute_loss_weight,
+        attribute_pos_weight=cfg.model.attribute_pos_weight,
     )
 
 

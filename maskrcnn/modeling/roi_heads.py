@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from maskrcnn.modeling.attribute_head import AttributeHead, attribute_loss
 from maskrcnn.modeling.box_head import BoxHead, BoxPredictor, box_losses, postprocess_detections
 from maskrcnn.modeling.mask_head import MaskHead, mask_loss, mask_probabilities
 from maskrcnn.modeling.matcher import Matcher
@@ -50,6 +51,9 @@ class ROIHeads(nn.Module):
         box_coder_weights: ``(wx, wy, ww, wh)`` of the box targets (10, 10, 5, 5).
         score_thresh, nms_thresh, detections_per_img: inference post-processing.
         mask_on: build and run the mask branch (False gives a Faster R-CNN).
+        num_attributes: ``A`` > 0 builds the attribute branch (attribute_head.py) on the box head's
+            features; attribute_hidden_dim, attribute_loss_weight, attribute_pos_weight: its width, the weight
+            of ``loss_attributes`` and of the positive BCE term. 0 leaves the model exactly as without it.
     """
 
     def __init__(self, in_channels: int = 256, num_classes: int = 13, box_pooled_size: int = 7,
@@ -58,7 +62,8 @@ class ROIHeads(nn.Module):
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, box_coder_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 mask_on: bool = True):
+                 mask_on: bool = True, num_attributes: int = 0, attribute_hidden_dim: int = 256,
+                 attribute_loss_weight: float = 1.0, attribute_pos_weight: float = 1.0):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}: need at least one object class")
@@ -70,6 +75,11 @@ class ROIHeads(nn.Module):
         if mask_on:
             self.mask_pooler = MultiScaleRoIAlign(mask_pooled_size, sampling_ratio, aligned=aligned)
             self.mask_head = MaskHead(in_channels, num_classes, tuple(mask_conv_dims))
+        self.num_attributes = num_attributes
+        if num_attributes > 0:
+            self.attribute_head = AttributeHead(box_hidden_dim, attribute_hidden_dim, num_attributes)
+            self.attribute_loss_weight = attribute_loss_weight
+            self.attribute_pos_weight = attribute_pos_weight
         self.box_coder = BoxCoder(box_coder_weights)
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
@@ -88,11 +98,15 @@ class ROIHeads(nn.Module):
             return [], self.training_losses(features, proposals, image_sizes, targets)
         return self.detect(features, proposals, image_sizes), {}
 
+    def box_features(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]) -> Tensor:
+        """The box head's ``(R, 1024)`` features of the ROIs ``boxes`` (read by the box predictor and the
+        attribute head)."""
+        return self.box_head(self.box_pooler(features, boxes, image_sizes))  # (R, D, 7, 7) -> (R, F)
+
     def box_outputs(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]
                     ) -> Tuple[Tensor, Tensor]:
         """``class_logits (R, C + 1)`` and ``box_deltas (R, (C + 1) * 4)`` for the ROIs ``boxes``."""
-        pooled = self.box_pooler(features, boxes, image_sizes)  # (R, D, 7, 7)
-        return self.box_predictor(self.box_head(pooled))
+        return self.box_predictor(self.box_features(features, boxes, image_sizes))
 
     def mask_logits(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]) -> Tensor:
         """``(R, C + 1, 28, 28)`` mask logits for the ROIs ``boxes``."""
@@ -109,6 +123,12 @@ class ROIHeads(nn.Module):
             logits = self.mask_logits(features, boxes, image_sizes)
             for detection, masks in zip(detections, mask_probabilities(logits, [d["labels"] for d in detections])):
                 detection["masks"] = masks  # (K_i, 1, 28, 28)
+        if self.num_attributes > 0:
+            boxes = [d["boxes"] for d in detections]
+            logits = self.attribute_head(self.box_features(features, boxes, image_sizes))  # (K, A)
+            scores = torch.sigmoid(logits.float()).split([b.shape[0] for b in boxes])
+            for detection, image_scores in zip(detections, scores):
+                detection["attribute_scores"] = image_scores  # (K_i, A) float32
         return detections
 
     # ---------------------------------------------------------------------------------------- training
@@ -150,8 +170,11 @@ class ROIHeads(nn.Module):
     def training_losses(self, features: List[Tensor], proposals: List[Tensor], image_sizes: List[Size],
                         targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
         rois, labels, matched_gt, regression_targets = self.sample_rois(proposals, targets)
-        class_logits, box_deltas = self.box_outputs(features, rois, image_sizes)
+        box_features = self.box_features(features, rois, image_sizes)  # (S, F), S sampled ROIs
+        class_logits, box_deltas = self.box_predictor(box_features)
         losses = box_losses(class_logits, box_deltas, torch.cat(labels), torch.cat(regression_targets))
+        if self.num_attributes > 0:
+            losses["loss_attributes"] = self.attribute_weighted_loss(box_features, labels, matched_gt, targets)
         if self.mask_on:
             positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
             positive_rois = [image_rois[p] for image_rois, p in zip(rois, positive)]
@@ -164,3 +187,23 @@ class ROIHeads(nn.Module):
                                             [t["labels"] for t in targets], positive_matched,
                                             aligned=self.mask_pooler.aligned)
         return losses
+
+    def attribute_weighted_loss(self, box_features: Tensor, labels: List[Tensor], matched_gt: List[Tensor],
+                                targets: List[Dict[str, Tensor]]) -> Tensor:
+        """``attribute_loss_weight *`` BCE of the positive sampled ROIs against their GT object's attributes.
+
+        ``box_features (S, F)`` are the sampled ROIs of all images in order; ``labels``/``matched_gt`` per
+        image ``(S_i,)``. Targets without ``attributes`` (a dataset without them) count as unknown."""
+        target_rows, known_rows = [], []
+        for image_labels, image_matched, target in zip(labels, matched_gt, targets):
+            count = image_labels.shape[0]
+            if "attributes" in target and target["attributes"].shape[0] > 0:
+                target_rows.append(target["attributes"][image_matched].to(box_features.dtype))  # (S_i, A)
+                known_rows.append(target["attributes_known"][image_matched] & (image_labels > 0))
+            else:
+                target_rows.append(box_features.new_zeros((count, self.num_attributes)))
+                known_rows.append(torch.zeros(count, dtype=torch.bool, device=box_features.device))
+        known = torch.cat(known_rows)  # (S,) positive ROIs of annotated objects
+        logits = self.attribute_head(box_features)  # (S, A)
+        loss = attribute_loss(logits, torch.cat(target_rows), known, self.attribute_pos_weight)
+        return self.attribute_loss_weight * loss

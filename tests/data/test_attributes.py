@@ -1,0 +1,114 @@
+"""Attribute tables and targets (maskrcnn/data/attributes.py) for each format that carries attributes, in the
+formats' real layouts: Fashionpedia's per-annotation attribute_ids + top-level attributes list, iMaterialist's
+ClassId suffixes + label_descriptions.json, and the synthetic set's fabric pattern."""
+import json
+import os
+from collections import Counter
+
+import pytest
+import torch
+
+from maskrcnn.config import load_config
+from maskrcnn.data import FashionDataset, load_dataset
+from maskrcnn.data.attributes import (attribute_table_for, attribute_targets, parse_attribute_list,
+                                      read_attribute_table, select_supercategories, unknown_attribute_ids)
+from maskrcnn.data.load import load_split
+from maskrcnn.data.synthetic import CLASS_NAMES, PATTERN_NAMES, generate_synthetic_dataset
+from maskrcnn.data.transforms import keep_instances
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "data")
+FASHIONPEDIA = os.path.join(FIXTURES, "fashionpedia", "instances_attributes_val2020.json")
+IMATERIALIST = os.path.join(FIXTURES, "imaterialist")
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def test_fashionpedia_file_table_and_targets():
+    table = attribute_table_for("file", FASHIONPEDIA, "coco")
+    assert table.source_ids == [115, 136] and table.names == ["attribute 115", "attribute 136"]
+    records = load_dataset("coco", FASHIONPEDIA, os.path.join(FIXTURES, "fashionpedia", "images"),
+                           categories="fashionpedia")
+    records.attribute_names, records.attribute_source_ids = table.names, table.source_ids
+    anns = records.records[0]["annotations"]
+    assert [a["attribute_ids"] for a in anns] == [[115, 136], []]  # source ids kept as in the file
+    target = FashionDataset(records)._target(records.records[0], 0, 24, 16)
+    # the shirt has both attributes; the part (category 31) lists none: unknown, not "has none"
+    assert target["attributes"].tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    assert target["attributes"].dtype == torch.float32
+    assert target["attributes_known"].tolist() == [True, False]
+
+
+def test_imaterialist_classid_suffixes_and_label_descriptions():
+    records = load_dataset("imaterialist", os.path.join(IMATERIALIST, "train.csv"), os.path.join(IMATERIALIST, "train"))
+    by_category = {}
+    for record in records.records:
+        for ann in record["annotations"]:
+            by_category[ann["category_id"]] = ann["attribute_ids"]
+    assert sorted(by_category.values()) == [[], [], [], [20, 24]]  # "10_20_24" -> category 10, attributes 20, 24
+    table = attribute_table_for("file", os.path.join(IMATERIALIST, "train.csv"), "imaterialist")
+    assert table.source_ids == [20, 24] and table.path.endswith("label_descriptions.json")
+
+
+def test_targets_ignore_ids_outside_the_table_and_keep_order():
+    targets, known = attribute_targets([[7, 3], [9], None, []], {3: 0, 7: 2, 5: 1}, 3)
+    assert targets.tolist() == [[1, 0, 1], [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+    # [9]: annotated, but only with an attribute of another supercategory: all known negatives here
+    assert known.tolist() == [True, True, False, False]
+
+
+def test_supercategory_selection_and_errors(tmp_path):
+    entries = [{"id": 1, "name": "above-the-knee (length)", "supercategory": "length"},
+               {"id": 2, "name": "floral", "supercategory": "textile pattern"},
+               {"id": 4, "name": "midi", "supercategory": "length"}]
+    table = parse_attribute_list(entries, "t.json: attributes")
+    lengths = select_supercategories(table, ["length"])
+    assert lengths.source_ids == [1, 4] and lengths.names == ["above-the-knee (length)", "midi"]
+    with pytest.raises(ValueError, match=r"data.attribute_supercategories: \['sleeve'\] not in"):
+        select_supercategories(table, ["sleeve"])
+    with pytest.raises(ValueError, match=r"t.json: attributes\[1\].id: 1 appears twice"):
+        parse_attribute_list([entries[0], dict(entries[0])], "t.json: attributes")
+    with pytest.raises(ValueError, match=r"attributes\[0\]: expected \{id: int, name: str\}"):
+        parse_attribute_list([{"id": "1", "name": "x"}], "t.json: attributes")
+    no_list = tmp_path / "modanet.json"
+    no_list.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(ValueError, match=r"modanet.json: attributes: missing"):
+        read_attribute_table(str(no_list))
+    with pytest.raises(ValueError, match=r"'file' needs a format whose files list attributes"):
+        attribute_table_for("file", "annos", "deepfashion2")
+    assert attribute_table_for("", FASHIONPEDIA, "coco") is None
+
+
+def test_unknown_ids_are_counted_for_the_checker():
+    table = parse_attribute_list([{"id": 3, "name": "a"}], "t")
+    records = [{"annotations": [{"attribute_ids": [3, 8]}, {"attribute_ids": [8]}, {}]}]
+    assert unknown_attribute_ids(records, table) == {8: 2}
+
+
+def test_instances_dropped_by_augmentation_drop_their_attributes():
+    target = {"boxes": torch.zeros(3, 4), "labels": torch.tensor([1, 2, 3]),
+              "attributes": torch.eye(3), "attributes_known": torch.tensor([True, False, True])}
+    kept = keep_instances(target, torch.tensor([True, False, True]))
+    assert kept["attributes"].tolist() == [[1, 0, 0], [0, 0, 1]]
+    assert kept["attributes_known"].tolist() == [True, True]
+
+
+def test_synthetic_pattern_attribute_is_written_named_and_independent_of_the_class(tmp_path):
+    paths = generate_synthetic_dataset(str(tmp_path), num_train=40, num_val=0, seed=3, image_size=64)
+    with open(paths["train"]["annotations"]) as f:
+        data = json.load(f)
+    assert [a["name"] for a in data["attributes"]] == PATTERN_NAMES
+    assert all(len(a["attribute_ids"]) == 1 and 1 <= a["attribute_ids"][0] <= 5 for a in data["annotations"])
+    pairs = Counter((a["category_id"], a["attribute_ids"][0]) for a in data["annotations"])
+    # every pattern is worn by several classes, so the class cannot predict it
+    for pattern in range(1, 6):
+        assert len({c for c, p in pairs if p == pattern}) >= 3
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  train_annotations: {paths['train']['annotations']}\n"
+                      f"  train_images: {paths['train']['images']}\n  attributes: file\n")
+    train = load_split(load_config(str(config)), "train")
+    assert train.attribute_names == PATTERN_NAMES and train.attribute_source_ids == [1, 2, 3, 4, 5]
+    assert train.class_names == CLASS_NAMES
+    image, target = FashionDataset(train)[0]
+    first = data["annotations"][0]
+    assert target["attributes"][0].argmax().item() == first["attribute_ids"][0] - 1
+    assert target["attributes"].sum(dim=1).tolist() == [1.0] * len(target["labels"])
