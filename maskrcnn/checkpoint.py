@@ -209,7 +209,7 @@ def _load_error_reason(error: Exception) -> str:
     file holds -- so they are never passed on; only the offending global's name is kept.
     """
     text = str(error)
-    refused = re.search(r"unsupported GLOBAL (\S+)", text)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)  # "unsupported GLOBAL posix.system", "GLOBAL __main__.X was not"
     if refused:
         return (f"it holds a pickled reference to {refused.group(1)}, which loading would import and call; "
                 "refused: a checkpoint holds only tensors and plain data")
@@ -261,6 +261,19 @@ def load_weights_file(path: str) -> Dict[str, Tensor]:
         raise CheckpointError(f"{path}: not a loadable checkpoint (expected a state dict of name -> tensor "
                               "or a checkpoint with a 'model' entry)")
     return dict(content)
+
+
+def classes_of_weights(content: Mapping) -> tuple:
+    """``(class names or None, class count of the box predictor or None)`` of a file read by
+    :func:`read_checkpoint_file`: a training checkpoint names its classes; a bare state dict (ours or
+    torchvision's) only tells their number, through the class-logit layer (background included)."""
+    names = content.get("class_names")
+    state_dict = content["model"] if isinstance(content.get("model"), Mapping) else content
+    count = None
+    for key in ("roi_heads.box_predictor.class_logits.weight", "roi_heads.box_predictor.cls_score.weight"):
+        if isinstance(state_dict.get(key), Tensor):
+            count = int(state_dict[key].shape[0]) - 1
+    return (list(names) if names is not None else None), count
 
 
 def check_class_names(path: str, saved: Optional[Sequence[str]], data_names: Sequence[str], data_source: str,

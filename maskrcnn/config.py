@@ -218,7 +218,7 @@ VALUE_RULES = {
     "solver.gamma": (lambda v: v > 0, "a positive number"),
     "solver.warmup_iters": (lambda v: v >= 0, "non-negative"),
     "solver.warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "solver.steps": (lambda v: all(s >= 0 for s in v), "a list of non-negative iterations"),
+    "solver.steps": (lambda v: all(s >= 1 for s in v), "a list of positive iterations"),
     "solver.checkpoint_period": (lambda v: v >= 0, "non-negative (0 = only at the end)"),
     "solver.clip_grad_norm": (lambda v: v >= 0, "non-negative (0 = off)"),
     "eval.period": (lambda v: v >= 0, "non-negative (0 = only at the end)"),

@@ -160,7 +160,7 @@ def test_wrapped_model_saves_bare_names(tmp_path):
 def test_load_errors(tmp_path):
     plain = str(tmp_path / "weights.pth")
     torch.save({"weight": torch.zeros(2)}, plain)
-    with pytest.raises(ValueError, match="not a maskrcnn training-state checkpoint"):
+    with pytest.raises(ValueError, match="weights.pth: not a loadable checkpoint .not a maskrcnn training state"):
         load_checkpoint(plain)
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_checkpoint(str(tmp_path / "nowhere.pth"))

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from maskrcnn.checkpoint import (PREDICTOR_PREFIXES, convert_torchvision, load_model_weights, load_weights_file,
+from maskrcnn.checkpoint import (CheckpointError, PREDICTOR_PREFIXES, convert_torchvision, load_model_weights, load_weights_file,
                                  torchvision_name_map)
 from maskrcnn.config import load_config
 from maskrcnn.modeling import build_model
@@ -113,8 +113,10 @@ def test_weight_files_load_safely(tmp_path, torchvision_weights):
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": NotAllowed()}, evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"evil.pt: not a loadable checkpoint \(it holds a pickled reference to "
+                                              r".*NotAllowed, which loading would import and call; refused") as error:
         load_weights_file(str(evil))
+    assert "weights_only" not in str(error.value)  # torch's advice to load unsafely is never passed on
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_weights_file(str(tmp_path / "missing.pt"))
 
