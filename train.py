@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true",
                         help=f"print the traceback of an error too (or set {DEBUG_ENV}=1)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. solver.max_iter=100")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value arguments may stand before and after options
     if args.resume and args.eval_only:
         parser.error("--resume and --eval-only exclude each other")
     args.debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
