@@ -442,3 +442,37 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, 
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"  # the resume point
     assert not [name for name in os.listdir(out) if name.endswith(".tmp")]  # the partial write was removed
     assert not (out / "model_0000002.pth").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stopping (issue 16.5): a torchrun worker whose launcher died stops by itself
+# ----------------------------------------------------------------------------------------------
+LAUNCHER = """
+import os, subprocess, sys
+env = dict(os.environ, TORCHELASTIC_RUN_ID="test", RANK="1")
+worker = subprocess.Popen([sys.executable, "-c", WORKER], env=env, stdout=subprocess.PIPE, text=True)
+assert worker.stdout.readline().strip() == "watching"
+print(worker.pid, flush=True)
+os._exit(0)  # the launcher vanishes without stopping its worker, as under kill -9
+"""
+WORKER = """
+import time
+from maskrcnn.engine.distributed import stop_when_launcher_exits
+assert stop_when_launcher_exits(poll_seconds=0.1)
+print("watching", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_worker_stops_by_itself_when_its_torchrun_launcher_dies():
+    import subprocess
+    import sys
+
+    # The worker inherits the launcher's stderr pipe: run() returns only once the worker has ended too, so an
+    # orphan that trained on would show up as a timeout here.
+    result = subprocess.run([sys.executable, "-c", f"WORKER = {WORKER!r}\n{LAUNCHER}"], cwd=os.path.dirname(TRAIN_PY),
+                            env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    worker = int(result.stdout.strip())
+    assert "train.py (rank 1): the torchrun launcher (pid " in result.stderr and "has exited; stopping" in result.stderr
+    assert worker > 0
