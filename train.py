@@ -53,6 +53,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose text carries the worker's
+    traceback), only its last line, without the exception's module and class."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        head, separator, rest = last.partition(": ")
+        text = rest if separator and " " not in head else last
+    return text
+
+
 def fail(message: str, code: int, debug: bool) -> int:
     """Print ``train.py: message`` once (rank 0 under torchrun), the traceback first with ``debug``; return ``code``."""
     if os.environ.get("RANK", "0") == "0":
@@ -88,7 +99,7 @@ def main(argv=None) -> int:
     except ConfigError as error:
         return fail(f"config error: {error}", EXIT_BAD_INPUT, args.debug)
     except (DataError, CheckpointError) as error:
-        return fail(f"error: {error}", EXIT_BAD_INPUT, args.debug)
+        return fail(f"error: {one_line(error)}", EXIT_BAD_INPUT, args.debug)
     except FileNotFoundError as error:  # a data, weights or checkpoint file named by the config
         return fail(f"error: {error}", EXIT_BAD_INPUT, args.debug)
     except CheckpointWriteError as error:

@@ -254,6 +254,22 @@ def test_batch_not_divisible_by_the_processes_is_said_once_by_rank_0(tmp_path, r
     assert not os.path.exists(out)
 
 
+def test_an_error_from_a_loader_worker_is_said_in_one_line():
+    import importlib.util
+
+    from maskrcnn.data.problems import DataError
+
+    spec = importlib.util.spec_from_file_location("train_entry_point", TRAIN_PY)
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    # What torch re-raises in the main process for a DataError of a DataLoader worker.
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"x.py\", line 1, in f\nmaskrcnn.data.problems.DataError: a/b.png: cannot "
+                        "decode the image (OSError: truncated)\n")
+    assert entry.one_line(wrapped) == "a/b.png: cannot decode the image (OSError: truncated)"
+    assert entry.one_line(DataError("a.json: not valid JSON: x")) == "a.json: not valid JSON: x"
+
+
 def test_help_lists_examples_and_exit_codes():
     result = run(["--help"], timeout=60)
     assert result.returncode == 0

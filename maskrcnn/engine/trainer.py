@@ -8,17 +8,26 @@ or ``python train.py --config FILE [key=value ...]``, also as ``torchrun --nproc
 What one run does, in order (every rank runs the same code; rank 0 alone prints and writes files):
 
     join the process group (torchrun's variables; none for a single process)
+    check the batch split, the LR schedule; choose torch's thread count (distributed.configure_threads)
     load the train and val splits (cfg.data), check the class count against model.num_classes
+    resume: read the newest intact checkpoint, compare its class names with the data's; already finished: stop
     build the model (weights from model.weights unless resuming), the SGD optimizer, the LR schedule
-    resume: load model, optimizer, scheduler, grad scaler, RNG states and the iteration from the last checkpoint
+    resume: restore model, optimizer, scheduler, grad scaler, RNG states and the iteration
+    only now write into output_dir: config.yaml (and remove the temporary files of interrupted writes)
     for iteration in start .. max_iter - 1:
         entering a stage (solver.stages): set what trains, print the table, (re)wrap in DDP
         next batch  -> forward (autocast on CUDA) -> the five losses, averaged over ranks for the log
         non-finite loss: stop, naming the iteration and the batch's image ids
         backward (DDP averages the gradients) -> clip -> SGD step -> LR schedule step
-        every train.log_period: progress line + metrics.jsonl; every eval.period: COCO evaluation;
-        every solver.checkpoint_period: checkpoint
+        every train.log_period (and after the first iteration): progress line + metrics.jsonl;
+        every eval.period: COCO evaluation; every solver.checkpoint_period: checkpoint
     at the end: checkpoint, final evaluation with predictions.json and overlay pictures, loss curves
+
+Failing. Everything that can be wrong with the input is found before anything is written: the config
+(``ConfigError``, naming the key), the data files (``DataError``, naming the file and field; plain loader
+errors are named here, :func:`data_errors_named`), the weights and the checkpoint to resume
+(``CheckpointError``, "FILE: not a loadable checkpoint (reason)"). ``train.py`` turns each into one line and
+exit status 2; a checkpoint write that fails for lack of space (``CheckpointWriteError``) into exit status 3.
 
 Batches. ``solver.ims_per_batch`` is the global batch: each of the W processes takes
 ``ims_per_batch / W`` images per iteration (``distributed.per_rank_batch_size`` refuses a batch W does not
