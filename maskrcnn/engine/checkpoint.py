@@ -319,7 +319,13 @@ def restore_training_state(
         if target is not None and state[name] is None:
             raise CheckpointError(f"{path}: has no {name} state to restore")
     if model is not None:
-        _unwrap(model).load_state_dict(state["model"])
+        try:
+            _unwrap(model).load_state_dict(state["model"])
+        except RuntimeError as error:  # missing / unexpected keys, size mismatches: the config changed the model
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = "; ".join(lines[1:3]) or lines[0]
+            raise CheckpointError(f"{path}: its model does not fit the one the config builds (the architecture "
+                                  f"keys changed since it was written?): {detail}") from None
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None:
