@@ -16,11 +16,18 @@ the ``num_classes`` object categories at 1..num_classes, so torchvision's ``num_
 because the number of classes differs -- the class-logit and box-delta layers of the box predictor and the
 mask logits -- keep the model's fresh initialization; any other mismatch is an error. It prints a table of
 what was loaded, skipped (in the file, not in the model) and re-initialized.
+
+:func:`read_checkpoint_file` is the one reader of every weights and checkpoint file (``model.weights``,
+``train.py --resume`` / ``--eval-only``, ``infer.py``): ``torch.load(weights_only=True)``, and a file it cannot
+use -- empty, truncated, an image renamed ``.pth``, a bare tensor, a pickle that would run code -- raises
+:class:`CheckpointError` ``"FILE: not a loadable checkpoint (reason)"`` (never torch's advice to load unsafely).
 """
 from __future__ import annotations
 
+import os
+import pickle
 import re
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -168,17 +175,115 @@ def format_load_report(report: Mapping[str, List[str]]) -> str:
     return "\n".join(lines)
 
 
+class CheckpointError(ValueError):
+    """A weights or checkpoint file that cannot be used; the message starts with the file's path."""
+
+
+def _signature_reason(path: str) -> Optional[str]:
+    """Why the file's first bytes already show it is not a torch file, or None when they do not."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return "empty: 0 bytes"
+    for magic, kind in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return f"it is {kind}, not a file written by torch.save"
+    return None
+
+
+# First bytes of files people mistake for checkpoints. torch.save writes a zip archive (b"PK\x03\x04");
+# files of old torch versions start with a pickle (b"\x80").
+_OTHER_FORMATS = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"{", "text (JSON?)"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+)
+
+
+def _load_error_reason(error: Exception) -> str:
+    """A short, safe reason for an exception of ``torch.load(..., weights_only=True)``.
+
+    torch's own texts for refused pickles recommend ``weights_only=False`` -- i.e. running whatever code the
+    file holds -- so they are never passed on; only the offending global's name is kept.
+    """
+    text = str(error)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)  # "unsupported GLOBAL posix.system", "GLOBAL __main__.X was not"
+    if refused:
+        return (f"it holds a pickled reference to {refused.group(1)}, which loading would import and call; "
+                "refused: a checkpoint holds only tensors and plain data")
+    if "weights only load failed" in text.lower() or isinstance(error, pickle.UnpicklingError):
+        return "not a file written by torch.save (unreadable pickle data)"
+    if isinstance(error, EOFError):
+        return "truncated (the file ends early)"
+    if "zip archive" in text or "central directory" in text or "PytorchStreamReader" in text:
+        return "truncated or corrupted: its zip archive is incomplete"
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first_line[:200]}" if first_line else type(error).__name__
+
+
+def read_checkpoint_file(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Read a ``torch.save``-d dict safely (``weights_only=True``), or raise naming the file.
+
+    The one reader of weights and checkpoint files, shared by ``model.weights``, ``train.py --resume`` /
+    ``--eval-only`` and ``infer.py``. Raises ``FileNotFoundError`` for a missing file and
+    :class:`CheckpointError` ``"FILE: not a loadable checkpoint (reason)"`` for an empty, truncated or
+    foreign file, a pickle that would run code, or content that is not a dict (e.g. a bare tensor).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a loadable checkpoint ({reason})")
+
+    reason = _signature_reason(path)
+    if reason:
+        raise refuse(reason)
+    try:
+        content = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # zip, pickle and EOF errors of every kind, reworded without torch's advice
+        raise refuse(_load_error_reason(error)) from None
+    if not isinstance(content, Mapping):
+        raise refuse(f"it holds a {type(content).__name__}, not a dict of named weights")
+    return dict(content)
+
+
 def load_weights_file(path: str) -> Dict[str, Tensor]:
-    """Read a weights file safely (``weights_only=True``); return its model state dict.
+    """Read a weights file safely (:func:`read_checkpoint_file`); return its model state dict.
 
     Accepts a bare state dict or a training checkpoint dict holding one under ``"model"``.
     """
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"weights file not found: {path}") from None
-    if isinstance(content, Mapping) and "model" in content and isinstance(content["model"], Mapping):
+    content = read_checkpoint_file(path)
+    if isinstance(content.get("model"), Mapping):
         content = content["model"]
-    if not isinstance(content, Mapping) or not all(isinstance(v, Tensor) for v in content.values()):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor) or a checkpoint with a 'model' entry")
+    if not all(isinstance(v, Tensor) for v in content.values()):
+        raise CheckpointError(f"{path}: not a loadable checkpoint (expected a state dict of name -> tensor "
+                              "or a checkpoint with a 'model' entry)")
     return dict(content)
+
+
+def classes_of_weights(content: Mapping) -> tuple:
+    """``(class names or None, class count of the box predictor or None)`` of a file read by
+    :func:`read_checkpoint_file`: a training checkpoint names its classes; a bare state dict (ours or
+    torchvision's) only tells their number, through the class-logit layer (background included)."""
+    names = content.get("class_names")
+    state_dict = content["model"] if isinstance(content.get("model"), Mapping) else content
+    count = None
+    for key in ("roi_heads.box_predictor.class_logits.weight", "roi_heads.box_predictor.cls_score.weight"):
+        if isinstance(state_dict.get(key), Tensor):
+            count = int(state_dict[key].shape[0]) - 1
+    return (list(names) if names is not None else None), count
+
+
+def check_class_names(path: str, saved: Optional[Sequence[str]], data_names: Sequence[str], data_source: str,
+                      hint: str = "") -> None:
+    """Refuse a checkpoint whose class names differ from the data's: its heads would mean other classes.
+
+    ``saved`` None (a file without class names, e.g. a torchvision state dict) is not compared.
+    Raises :class:`CheckpointError` listing both.
+    """
+    if saved is None or list(saved) == list(data_names):
+        return
+    raise CheckpointError(f"{path}: trained for the classes {list(saved)}, but the data ({data_source}) has "
+                          f"{list(data_names)}{'; ' + hint if hint else ''}")

@@ -12,8 +12,10 @@ Three layers, each one overriding the one before:
 3. ``key=value`` overrides, the value parsed as a YAML scalar or list (``solver.steps=[100,200]``).
 
 Every key a file or an override sets must exist in the defaults tree: an unknown key, at any depth, raises
-:class:`ConfigError` naming the key, the file (or "command line"), and the closest valid key. A value of the
-wrong type raises naming the key and the expected type. Only ``yaml.safe_load`` is used: a config file can
+:class:`ConfigError` naming the key, the file (or "command line"), and the closest valid key from every key at
+every depth (``learning_rate`` -> ``solver.base_lr``). A value of the
+wrong type raises naming the key and the expected type, and a value out of its range (``VALUE_RULES``:
+``solver.base_lr=-0.01``, ``solver.max_iter=0``) naming the key and the range. Only ``yaml.safe_load`` is used: a config file can
 never construct arbitrary Python objects.
 """
 from __future__ import annotations
@@ -99,14 +101,46 @@ def _all_dotted_keys(tree: Mapping, prefix: str = "") -> list:
     return keys
 
 
+def _words(name: str) -> list:
+    """The words of a key's last component: ``'base_lr' -> ['base', 'lr']``."""
+    return [w for w in name.split("_") if w]
+
+
+def _word_score(typed: str, candidate: str) -> float:
+    """How well the words of ``typed`` name ``candidate`` (both last components), in [0, 0.85].
+
+    The typed name, or its initials (``learning_rate -> lr``), equal to the candidate's last word counts most
+    (``base_lr``), equal to another of its words less (``lr_schedule``).
+    """
+    words = _words(typed)
+    forms = {typed} | ({"".join(w[0] for w in words)} if len(words) > 1 else set())
+    target = _words(candidate)
+    if not target:
+        return 0.0
+    if forms & {target[-1]}:
+        return 0.85
+    return 0.7 if forms & set(target) else 0.0
+
+
+def _similarity(typed: str, candidate: str) -> tuple:
+    """Sort key of a suggestion: the best of three similarities, then the dotted paths' similarity.
+
+    - the last components as strings (``nms_tresh`` ~ ``nms_thresh``, at any depth);
+    - the whole dotted paths (``solvr`` ~ ``solver``);
+    - the words of the last components (``learning_rate`` -> ``base_lr`` through the initials ``lr``).
+    """
+    typed_last, candidate_last = typed.rsplit(".", 1)[-1], candidate.rsplit(".", 1)[-1]
+    last = difflib.SequenceMatcher(None, typed_last, candidate_last).ratio()
+    path = difflib.SequenceMatcher(None, typed, candidate).ratio()
+    return max(last, path, _word_score(typed_last, candidate_last)), path
+
+
 def _closest_key(dotted: str) -> str:
-    """The valid dotted key most similar to ``dotted`` (a typo's most likely intent)."""
-    candidates = _all_dotted_keys(DEFAULTS)
-    # Compare against keys at the same depth first: `model.rpn.nms_tresh` -> `model.rpn.nms_thresh`.
-    depth = dotted.count(".")
-    same_depth = [c for c in candidates if c.count(".") == depth]
-    match = difflib.get_close_matches(dotted, same_depth, n=1, cutoff=0.0)
-    return match[0] if match else difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.0)[0]
+    """The valid dotted key most similar to ``dotted`` (a typo's most likely intent), from every key at every
+    depth: ``learning_rate`` -> ``solver.base_lr``, ``model.rpn.nms_tresh`` -> ``model.rpn.nms_thresh``."""
+    known_parents = {dotted.rsplit(".", 1)[0]} if "." in dotted else set()
+    candidates = [c for c in _all_dotted_keys(DEFAULTS) if c not in known_parents]
+    return max(candidates, key=lambda c: _similarity(dotted, c))
 
 
 def _type_name(spec: K) -> str:
@@ -170,6 +204,35 @@ def _coerce(dotted: str, spec: K, value: Any, source: str) -> Any:
     return float(value) if expected is float else value
 
 
+# Value ranges of keys whose type alone does not rule out a meaningless value (checked as each is set):
+# dotted key -> (test, what the key must be).
+VALUE_RULES = {
+    "model.num_classes": (lambda v: v >= 1, "at least 1"),
+    "input.min_size": (lambda v: v >= 1, "at least 1"),
+    "input.max_size": (lambda v: v >= 1, "at least 1"),
+    "solver.ims_per_batch": (lambda v: v >= 1, "at least 1 (the global batch)"),
+    "solver.base_lr": (lambda v: v > 0, "a positive number"),
+    "solver.max_iter": (lambda v: v >= 1, "at least 1 (the number of iterations to train)"),
+    "solver.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "solver.weight_decay": (lambda v: v >= 0, "non-negative"),
+    "solver.gamma": (lambda v: v > 0, "a positive number"),
+    "solver.warmup_iters": (lambda v: v >= 0, "non-negative"),
+    "solver.warmup_factor": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "solver.steps": (lambda v: all(s >= 1 for s in v), "a list of positive iterations"),
+    "solver.checkpoint_period": (lambda v: v >= 0, "non-negative (0 = only at the end)"),
+    "solver.clip_grad_norm": (lambda v: v >= 0, "non-negative (0 = off)"),
+    "eval.period": (lambda v: v >= 0, "non-negative (0 = only at the end)"),
+    "train.log_period": (lambda v: v >= 1, "at least 1"),
+    "dataloader.num_workers": (lambda v: v >= 0, "non-negative (0 = decode in the main process)"),
+}
+
+
+def _check_range(dotted: str, value: Any, source: str) -> None:
+    rule = VALUE_RULES.get(dotted)
+    if rule is not None and value is not None and not rule[0](value):
+        raise ConfigError(f"{source}: key '{dotted}' must be {rule[1]}, got {value!r}")
+
+
 def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     """Set one dotted key, checking that it exists and that the value has the declared type."""
     node: Any = DEFAULTS
@@ -197,6 +260,7 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
             _set(cfg, f"{dotted}.{key}", sub, source)
         return
     target[parts[-1]] = _coerce(dotted, node, value, source)
+    _check_range(dotted, target[parts[-1]], source)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -78,6 +78,44 @@ def test_unknown_top_level_and_override_keys():
         load_config(overrides=["input.min_sise=600"])
 
 
+@pytest.mark.parametrize("typed, suggested", [
+    ("learning_rate", "solver.base_lr"),         # the initials of its words name the last word of base_lr
+    ("solver.learning_rate", "solver.base_lr"),
+    ("lr", "solver.base_lr"),
+    ("max_iters", "solver.max_iter"),             # a leaf typed without its section, found at its depth
+    ("weights", "model.weights"),
+    ("model.rpn.nms_tresh", "model.rpn.nms_thresh"),
+    ("model.roi_heads.nms_tresh", "model.roi_heads.nms_thresh"),
+    ("trian", "train"),
+])
+def test_suggestions_come_from_every_key_at_every_depth(typed, suggested):
+    with pytest.raises(ConfigError, match=rf"unknown key '{typed}'. Did you mean '{suggested}'\?$"):
+        load_config(overrides=[f"{typed}=1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("solver.base_lr=-0.01", "key 'solver.base_lr' must be a positive number, got -0.01"),
+    ("solver.base_lr=0", "key 'solver.base_lr' must be a positive number, got 0.0"),
+    ("solver.max_iter=0", "key 'solver.max_iter' must be at least 1 (the number of iterations to train), got 0"),
+    ("solver.max_iter=-5", "key 'solver.max_iter' must be at least 1 (the number of iterations to train), got -5"),
+    ("solver.ims_per_batch=0", "key 'solver.ims_per_batch' must be at least 1 (the global batch), got 0"),
+    ("solver.steps=[0, 10]", "key 'solver.steps' must be a list of positive iterations, got [0, 10]"),
+    ("solver.momentum=1.5", "key 'solver.momentum' must be in [0, 1), got 1.5"),
+    ("dataloader.num_workers=-1", "key 'dataloader.num_workers' must be non-negative"),
+    ("train.log_period=0", "key 'train.log_period' must be at least 1, got 0"),
+])
+def test_values_out_of_range_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert str(error.value).startswith("command line: ") and message in str(error.value)
+
+
+def test_values_out_of_range_in_a_file_name_the_file(tmp_path):
+    path = write(tmp_path, "negative.yaml", "solver:\n  base_lr: -0.01\n")
+    with pytest.raises(ConfigError, match=r"negative.yaml: key 'solver.base_lr' must be a positive number"):
+        load_config(path)
+
+
 def test_wrong_type_names_key_and_expected_type(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'solver.max_iter' expects int, got str 'many'"):
         load_config(overrides=["solver.max_iter=many"])

@@ -56,10 +56,13 @@ def setup(tmp_path_factory):
 
 def test_corrupt_file_is_reported_and_the_batch_goes_on(setup):
     assert setup["status"] == 1  # some input unreadable; the others processed
-    assert "skipped" in setup["stderr"] and "h_corrupt.jpg" in setup["stderr"]
+    corrupt = setup["images"]["corrupt"]
+    # The line the docs promise, "skipped PATH: reason", with the path said once.
+    skipped = [line for line in setup["stderr"].splitlines() if "skipped" in line]
+    assert skipped == [f"infer.py: skipped {corrupt}: cannot identify image file (UnidentifiedImageError)"]
     with open(os.path.join(setup["out"], "unreadable.txt")) as f:
         lines = f.read().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(setup["images"]["corrupt"] + "\t")
+    assert lines == [f"{corrupt}\tcannot identify image file (UnidentifiedImageError)"]
     assert "7 image(s)" in setup["stdout"] and "1 file(s) could not be read" in setup["stdout"]
     written = sorted(os.listdir(os.path.join(setup["out"], "json")))
     assert written == sorted(os.path.splitext(os.path.basename(setup["images"][k]))[0] + ".json" for k in GOOD)
@@ -185,6 +188,12 @@ def test_class_filter_and_errors(setup, tmp_path):
     assert instances and all(i.tag == "bag" for i in instances)
     status, _, stderr = run(["--weights", str(tmp_path / "nope.pth"), setup["images"]["rgb"], "--out", out])
     assert status == 2 and "weights: no such file" in stderr
+    # Unusable weights files: one line naming the file and the reason (the reader shared with train.py).
+    jpeg = tmp_path / "photo.pth"
+    jpeg.write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
+    status, _, stderr = run(["--weights", str(jpeg), setup["images"]["rgb"], "--out", out])
+    assert status == 2
+    assert f"{jpeg}: not a loadable checkpoint (it is a JPEG image, not a file written by torch.save)" in stderr
     status, _, stderr = run(["--weights", setup["checkpoint"], str(tmp_path / "missing"), "--out", out])
     assert status == 2 and "no such file or folder" in stderr
     status, _, stderr = run(["--weights", setup["checkpoint"], setup["images"]["rgb"], "--out", out,

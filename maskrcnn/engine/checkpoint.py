@@ -17,23 +17,40 @@ in the same folder, flushed and fsync-ed, then ``os.replace``-d onto the final n
 mid-write never leaves a truncated checkpoint under a real name. A small text file ``last_checkpoint``
 names the newest one; when it is missing or stale, the folder is scanned instead.
 
+Faults. A write that fails for lack of space raises :class:`CheckpointWriteError` ("no space left on device
+while writing FILE") after removing its temporary file; ``last_checkpoint`` is updated only after the
+checkpoint itself is complete, so it keeps naming the previous, intact checkpoint. A process killed mid-write
+leaves a hidden ``.model_*.pth.PID.tmp`` file, removed by :func:`remove_interrupted_writes` when the run
+resumes. :func:`find_resume_checkpoint` reads the newest checkpoint and, when it is unreadable (truncated by
+a crash or a full disk), warns and falls back to the newest intact one.
+
 This is the training state. Converting torchvision weights into this model is ``maskrcnn/checkpoint.py``.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from maskrcnn.checkpoint import CheckpointError, read_checkpoint_file
+
 FORMAT = "maskrcnn-train-state"
 VERSION = 1
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 _NAME_PATTERN = re.compile(r"^model_(\d+)\.pth$")
+_TEMPORARY_PATTERN = re.compile(r"^\..+\.\d+\.tmp$")  # atomic_write's hidden temporary files
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (e.g. the disk is full); the message names the file."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,7 +126,8 @@ def _fsync_directory(folder: str) -> None:
 def atomic_write(path: str, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
 
-    On any error the temporary file is removed and ``path`` is untouched.
+    On any error the temporary file is removed and ``path`` is untouched; a full disk (or quota) raises
+    :class:`CheckpointWriteError` "no space left on device while writing ``path``".
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -124,11 +142,36 @@ def atomic_write(path: str, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _is_disk_full(error):
+            raise CheckpointWriteError(errno.ENOSPC, f"no space left on device while writing {path}") from None
         raise
     _fsync_directory(folder)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """True for ENOSPC / EDQUOT, also when torch wraps it in a RuntimeError of its zip writer."""
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+        return True
+    cause = error.__cause__ or error.__context__
+    return (isinstance(error, RuntimeError) and ("No space left on device" in str(error)
+                                                 or (cause is not None and _is_disk_full(cause))))
+
+
+def remove_interrupted_writes(output_dir: str) -> List[str]:
+    """Delete the hidden temporary files that writes killed mid-way left in ``output_dir``; return their paths.
+
+    Call only when no other process writes into the folder (rank 0, before training starts).
+    """
+    removed = []
+    if os.path.isdir(output_dir):
+        for name in sorted(os.listdir(output_dir)):
+            if _TEMPORARY_PATTERN.match(name):
+                os.remove(os.path.join(output_dir, name))
+                removed.append(os.path.join(output_dir, name))
+    return removed
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -185,6 +228,47 @@ def save_checkpoint(
     return path
 
 
+def checkpoint_candidates(output_dir: str) -> List[str]:
+    """Checkpoints of ``output_dir``, newest first: the one ``last_checkpoint`` names, then every
+    ``model_*.pth`` by decreasing iteration."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
+                    if (m := _NAME_PATTERN.match(name))), reverse=True)
+    paths = [os.path.join(output_dir, name) for _, name in found]
+    pointer = os.path.join(output_dir, LAST_CHECKPOINT_FILE)
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            named = os.path.join(output_dir, f.read().strip())
+        if named in paths:
+            paths.remove(named)
+            paths.insert(0, named)
+    return paths
+
+
+def find_resume_checkpoint(output_dir: str, map_location: Any = "cpu", verbose: bool = True
+                           ) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+    """``(path, state)`` of the newest *readable* checkpoint in ``output_dir``; ``(None, None)`` when there is none.
+
+    An unreadable newer checkpoint (truncated, empty, not ours) is skipped with a warning on stderr
+    (``verbose``). When checkpoints exist but none can be read, raises :class:`CheckpointError` naming them.
+    """
+    broken = []
+    for path in checkpoint_candidates(output_dir):
+        try:
+            state = read_training_state(path, map_location=map_location)
+        except CheckpointError as error:
+            broken.append(path)
+            if verbose:
+                print(f"warning: {error}; trying the next older checkpoint", file=sys.stderr, flush=True)
+            continue
+        return path, state
+    if broken:
+        raise CheckpointError(f"{output_dir}: no loadable checkpoint to resume from (unreadable: "
+                              f"{', '.join(os.path.basename(p) for p in broken)})")
+    return None, None
+
+
 def find_last_checkpoint(output_dir: str) -> Optional[str]:
     """The newest checkpoint in ``output_dir``: the one ``last_checkpoint`` names, if that file exists,
     else the ``model_*.pth`` with the highest iteration; ``None`` when there is none."""
@@ -204,6 +288,60 @@ def find_last_checkpoint(output_dir: str) -> Optional[str]:
     return os.path.join(output_dir, max(found)[1]) if found else None
 
 
+def read_training_state(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Read a training-state checkpoint (``weights_only=True``); raise naming the file when it is not one.
+
+    ``FileNotFoundError`` for a missing file, :class:`CheckpointError` for an unreadable one or for a dict
+    that is not a training state (e.g. torchvision weights, which load through ``model.weights`` instead).
+    """
+    state = read_checkpoint_file(path, map_location=map_location)
+    if state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a loadable checkpoint (not a maskrcnn training state: no format={FORMAT!r}; "
+            "model weights such as torchvision's load through model.weights=FILE)"
+        )
+    return state
+
+
+def restore_training_state(
+    state: Mapping[str, Any],
+    path: str,
+    *,
+    model: Optional[nn.Module] = None,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+    grad_scaler: Optional[Any] = None,
+    restore_rng: bool = True,
+    rank: int = 0,
+) -> None:
+    """Restore the given objects from ``state`` (read from ``path``, named in errors); see :func:`load_checkpoint`."""
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", grad_scaler)):
+        if target is not None and state[name] is None:
+            raise CheckpointError(f"{path}: has no {name} state to restore")
+    if model is not None:
+        try:
+            _unwrap(model).load_state_dict(state["model"])
+        except RuntimeError as error:  # missing / unexpected keys, size mismatches: the config changed the model
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = "; ".join(lines[1:3]) or lines[0]
+            raise CheckpointError(f"{path}: its model does not fit the one the config builds (the architecture "
+                                  f"keys changed since it was written?): {detail}") from None
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if grad_scaler is not None and state["grad_scaler"]:
+        grad_scaler.load_state_dict(state["grad_scaler"])
+    if restore_rng:
+        saved = state["rng_states"]
+        if rank >= len(saved):
+            raise CheckpointError(
+                f"{path}: holds RNG states for {len(saved)} rank(s), cannot restore rank {rank}; "
+                "resume with the same number of processes, or pass restore_rng=False"
+            )
+        set_rng_states(saved[rank])
+
+
 def load_checkpoint(
     path: str,
     *,
@@ -217,37 +355,13 @@ def load_checkpoint(
 ) -> Dict[str, Any]:
     """Load a training-state checkpoint into the given objects; return the whole dict.
 
-    The file is read with ``weights_only=True``. Each object passed is restored from its entry
-    (``model`` strictly: every key must match). ``restore_rng`` sets this process's RNG states to the
-    entry for ``rank``; a checkpoint saved by fewer ranks than ``rank + 1`` raises (the run cannot
+    The file is read with ``weights_only=True`` (:func:`read_training_state`). Each object passed is restored
+    from its entry (``model`` strictly: every key must match). ``restore_rng`` sets this process's RNG states
+    to the entry for ``rank``; a checkpoint saved by fewer ranks than ``rank + 1`` raises (the run cannot
     continue exactly with a different number of processes: pass ``restore_rng=False`` to continue anyway).
     A scaler saved while disabled (empty state) leaves ``grad_scaler`` as it is.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(
-            f"{path}: not a maskrcnn training-state checkpoint (no format={FORMAT!r}); "
-            "model weights from torchvision load through maskrcnn/checkpoint.py instead"
-        )
-    for name, target in (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", grad_scaler)):
-        if target is not None and state[name] is None:
-            raise ValueError(f"{path}: has no {name} state to restore")
-    if model is not None:
-        _unwrap(model).load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if grad_scaler is not None and state["grad_scaler"]:
-        grad_scaler.load_state_dict(state["grad_scaler"])
-    if restore_rng:
-        saved = state["rng_states"]
-        if rank >= len(saved):
-            raise ValueError(
-                f"{path}: holds RNG states for {len(saved)} rank(s), cannot restore rank {rank}; "
-                "resume with the same number of processes, or pass restore_rng=False"
-            )
-        set_rng_states(saved[rank])
+    state = read_training_state(path, map_location=map_location)
+    restore_training_state(state, path, model=model, optimizer=optimizer, scheduler=scheduler,
+                           grad_scaler=grad_scaler, restore_rng=restore_rng, rank=rank)
     return state

@@ -196,3 +196,84 @@ def per_rank_batch_size(global_batch: int, world_size: int) -> int:
             f"{world_size} processes; use a multiple of {world_size}, e.g. {nearest}"
         )
     return global_batch // world_size
+
+
+# ----------------------------------------------------------------------------------------------
+# The processes' share of the machine
+# ----------------------------------------------------------------------------------------------
+NUM_THREADS_ENV = "MASKRCNN_NUM_THREADS"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; all cores where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_num_threads(cores: int, processes_per_machine: int, loader_workers: int) -> int:
+    """Torch's intra-op threads per training process: its share of the cores minus its loader workers.
+
+    ``default_num_threads(16, 1, 2) == 14``; ``default_num_threads(2, 1, 2) == 1``;
+    ``default_num_threads(16, 4, 2) == 2``. Never below 1.
+    """
+    share = cores // max(processes_per_machine, 1)
+    return max(1, share - loader_workers)
+
+
+def configure_threads(loader_workers: int, device: torch.device) -> str | None:
+    """Set torch's intra-op thread count for CPU training so that the threads do not outnumber the cores.
+
+    torch's default is one thread per core whatever else runs: with data-loader workers decoding beside it, or
+    on a machine busy with other work, its threads wait for each other at every parallel region and training
+    slows far more than the sharing of the cores explains (see docs/training.md, "Threads"). The count is,
+    in order: ``MASKRCNN_NUM_THREADS`` when set; ``OMP_NUM_THREADS`` when set (torch reads it itself;
+    ``torchrun`` sets it to 1 for several processes); else :func:`default_num_threads`. Returns the line
+    the trainer prints, or None on a GPU (where torch's CPU threads hardly matter and are left alone).
+    """
+    if device.type != "cpu":
+        return None
+    chosen = os.environ.get(NUM_THREADS_ENV, "").strip()
+    if chosen:
+        count = _env_int(NUM_THREADS_ENV, 1)
+        if count < 1:
+            raise ValueError(f"environment variable {NUM_THREADS_ENV}={chosen!r} must be at least 1")
+        torch.set_num_threads(count)
+        return f"torch threads: {count} per process ({NUM_THREADS_ENV})"
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return f"torch threads: {torch.get_num_threads()} per process (OMP_NUM_THREADS)"
+    cores = available_cores()
+    processes = _env_int("LOCAL_WORLD_SIZE", 1)
+    count = default_num_threads(cores, processes, loader_workers)
+    torch.set_num_threads(count)
+    return (f"torch threads: {count} per process ({cores} cores, {processes} process(es) on this machine, "
+            f"{loader_workers} loader worker(s) each; set {NUM_THREADS_ENV} to choose)")
+
+
+def stop_when_launcher_exits(poll_seconds: float = 1.0) -> bool:
+    """Under ``torchrun``: end this process when its launcher goes away; return whether a watcher started.
+
+    ``torchrun`` forwards SIGINT / SIGTERM to its workers, but when the launcher itself is killed (``kill -9``,
+    or its process group killed while the workers run in their own sessions) the workers would train on as
+    orphans. A daemon thread checks every ``poll_seconds`` whether the parent process changed (an orphan is
+    re-parented) and then sends this process SIGTERM, after one line on stderr.
+    """
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return False
+    import signal
+    import sys
+    import threading
+    import time
+
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_seconds)
+        print(f"train.py (rank {os.environ.get('RANK', '?')}): the torchrun launcher (pid {launcher}) has exited; "
+              "stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+    return True

@@ -8,8 +8,11 @@ The progress line, printed every ``train.log_period`` iterations::
       lr 0.0100  7.9 img/s  eta 0:02:11  peak mem 1.3G
 
 ``iter`` counts completed updates (1..max_iter, the number a checkpoint of that moment is named after);
-the losses are those of that iteration, averaged over the processes; ``img/s`` and ``eta`` are measured
-over the iterations since the previous line (the global batch divided by the seconds per iteration);
+the losses are those of that iteration, averaged over the processes; ``img/s`` is measured over the
+iterations since the previous line (the global batch divided by the seconds per iteration); ``eta`` is the
+remaining iterations times a moving average of the seconds per iteration (:class:`SmoothedIterationTime`,
+half-life 50 iterations), so that one slow or fast stretch does not swing it; the first line, printed
+after the first iteration, holds the start-up cost (loader workers, memory) and only seeds that average;
 ``peak mem`` is the peak GPU memory allocated by torch on CUDA, and the process's peak resident memory on
 CPU.
 
@@ -80,6 +83,30 @@ def progress_line(iteration: int, max_iter: int, losses: Mapping[str, float], lr
     parts += [f"lr {lr:.4g}", f"{images_per_second:.1f} img/s", f"eta {format_duration(eta_seconds)}",
               f"peak mem {format_bytes(peak_memory)}"]
     return "  ".join(parts)
+
+
+class SmoothedIterationTime:
+    """Seconds per iteration averaged exponentially over iterations, for the ETA.
+
+    ``update(seconds, iterations)`` folds in a window of ``iterations`` iterations that took ``seconds`` each on
+    average; the weight of older windows halves every ``half_life`` iterations, whatever the window sizes.
+    A ``provisional`` window (the first iteration, which includes start-up) is replaced by the next window
+    instead of averaged with it.
+    """
+
+    def __init__(self, half_life: float = 50.0):
+        self.half_life = half_life
+        self.value: Optional[float] = None
+        self.provisional = False
+
+    def update(self, seconds: float, iterations: int, provisional: bool = False) -> float:
+        if self.value is None or self.provisional:
+            self.value = seconds
+        else:
+            keep = 0.5 ** (iterations / self.half_life)  # the weight left to the older iterations
+            self.value = keep * self.value + (1.0 - keep) * seconds
+        self.provisional = provisional
+        return self.value
 
 
 def _open_tensorboard(output_dir: str):

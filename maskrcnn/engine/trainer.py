@@ -8,17 +8,26 @@ or ``python train.py --config FILE [key=value ...]``, also as ``torchrun --nproc
 What one run does, in order (every rank runs the same code; rank 0 alone prints and writes files):
 
     join the process group (torchrun's variables; none for a single process)
+    check the batch split, the LR schedule; choose torch's thread count (distributed.configure_threads)
     load the train and val splits (cfg.data), check the class count against model.num_classes
+    resume: read the newest intact checkpoint, compare its class names with the data's; already finished: stop
     build the model (weights from model.weights unless resuming), the SGD optimizer, the LR schedule
-    resume: load model, optimizer, scheduler, grad scaler, RNG states and the iteration from the last checkpoint
+    resume: restore model, optimizer, scheduler, grad scaler, RNG states and the iteration
+    only now write into output_dir: config.yaml (and remove the temporary files of interrupted writes)
     for iteration in start .. max_iter - 1:
         entering a stage (solver.stages): set what trains, print the table, (re)wrap in DDP
         next batch  -> forward (autocast on CUDA) -> the five losses, averaged over ranks for the log
         non-finite loss: stop, naming the iteration and the batch's image ids
         backward (DDP averages the gradients) -> clip -> SGD step -> LR schedule step
-        every train.log_period: progress line + metrics.jsonl; every eval.period: COCO evaluation;
-        every solver.checkpoint_period: checkpoint
+        every train.log_period (and after the first iteration): progress line + metrics.jsonl;
+        every eval.period: COCO evaluation; every solver.checkpoint_period: checkpoint
     at the end: checkpoint, final evaluation with predictions.json and overlay pictures, loss curves
+
+Failing. Everything that can be wrong with the input is found before anything is written: the config
+(``ConfigError``, naming the key), the data files (``DataError``, naming the file and field; plain loader
+errors are named here, :func:`data_errors_named`), the weights and the checkpoint to resume
+(``CheckpointError``, "FILE: not a loadable checkpoint (reason)"). ``train.py`` turns each into one line and
+exit status 2; a checkpoint write that fails for lack of space (``CheckpointWriteError``) into exit status 3.
 
 Batches. ``solver.ims_per_batch`` is the global batch: each of the W processes takes
 ``ims_per_batch / W`` images per iteration (``distributed.per_rank_batch_size`` refuses a batch W does not
@@ -39,6 +48,7 @@ reseeds with ``seed + rank`` for its own draws (the RPN's and ROI heads' example
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -50,25 +60,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskrcnn.checkpoint import CheckpointError, check_class_names, classes_of_weights, read_checkpoint_file
+from maskrcnn.config import ConfigError
 from maskrcnn.data import AspectRatioBatchSampler, FashionDataset, build_augmentations, collate, load_split, to_device
 from maskrcnn.data.attributes import training_attribute_names
+from maskrcnn.data.load import FORMATS
+from maskrcnn.data.problems import DataError
 from maskrcnn.engine.checkpoint import (
     checkpoint_path,
     find_last_checkpoint,
+    find_resume_checkpoint,
     get_rng_states,
-    load_checkpoint,
+    remove_interrupted_writes,
+    restore_training_state,
     save_checkpoint,
 )
 from maskrcnn.engine.distributed import (
     DistributedInfo,
     all_gather_object,
+    configure_threads,
     destroy_distributed,
     init_distributed,
     per_rank_batch_size,
     reduce_mean,
     synchronize,
 )
-from maskrcnn.engine.progress import MetricsLog, peak_memory_bytes, progress_line
+from maskrcnn.engine.progress import MetricsLog, SmoothedIterationTime, peak_memory_bytes, progress_line
 from maskrcnn.engine.solver import build_lr_scheduler, clip_gradients, lr_schedule_from_config, optimizer_from_config
 from maskrcnn.engine.stages import Stage, apply_stage, stage_at, trainable_baseline, trainable_table
 from maskrcnn.engine.validation import autocast, load_validation_set, run_evaluation
@@ -106,7 +123,7 @@ def seed_everything(seed: int) -> None:
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of ``train.amp`` (None = float32). AMP runs on CUDA only; elsewhere it is off."""
     if cfg.train.amp not in AMP_DTYPES:
-        raise ValueError(f"train.amp={cfg.train.amp!r}: choose one of {list(AMP_DTYPES)}")
+        raise ConfigError(f"train.amp={cfg.train.amp!r}: choose one of {list(AMP_DTYPES)}")
     if device.type != "cuda":
         if cfg.train.amp != "off":
             print(f"train.amp={cfg.train.amp}: mixed precision runs on CUDA only; training in float32 on {device}")
@@ -171,48 +188,63 @@ def check_losses(losses: Dict[str, float], iteration: int, targets: List[dict]) 
 def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
     main = info.rank == 0
     device, out = info.device, cfg.output_dir
+    # ---- every check before anything is written: config, data, weights, the checkpoint to resume ---
     autocast_dtype = amp_dtype(cfg, device)
-    images_per_rank = per_rank_batch_size(cfg.solver.ims_per_batch, info.world_size)
+    images_per_rank = as_config_error(per_rank_batch_size, cfg.solver.ims_per_batch, info.world_size)
+    schedule = as_config_error(lr_schedule_from_config, cfg.solver)
+    threads = configure_threads(cfg.dataloader.num_workers, device)
     if main:
-        os.makedirs(out, exist_ok=True)
-        cfg.dump(os.path.join(out, "config.yaml"))
         print(f"{info.world_size} process(es) on {device}, {images_per_rank} image(s) per process per iteration "
               f"(global batch {cfg.solver.ims_per_batch}); output in {out}", flush=True)
+        if threads is not None:
+            print(threads, flush=True)
 
-    # ---- data ------------------------------------------------------------------------------------
-    train_set = load_split(cfg, "train")
+    train_set = load_data(cfg, "train")
     class_names = list(train_set.class_names)
     if len(class_names) != cfg.model.num_classes:
-        raise ValueError(f"model.num_classes={cfg.model.num_classes}, but the training set "
-                         f"({cfg.data.train_annotations}) has {len(class_names)} classes: {class_names}")
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but the training set "
+                          f"({cfg.data.train_annotations}) has {len(class_names)} classes: {class_names}")
     if cfg.model.num_attributes:  # the checkpoint's config then carries the attribute names
-        cfg.model.attribute_names = training_attribute_names(cfg.model.num_attributes, train_set, cfg.data.attributes)
+        cfg.model.attribute_names = as_config_error(training_attribute_names, cfg.model.num_attributes, train_set,
+                                                    cfg.data.attributes)
     train_dataset = FashionDataset(train_set, augmentations=build_augmentations(cfg.data.augment),
                                    strict=cfg.data.strict, seed=cfg.seed)
     batch_sampler = AspectRatioBatchSampler(
         train_dataset.aspect_ratios(), images_per_rank, seed=cfg.seed, rank=info.rank,
         world_size=info.world_size, group_by_aspect_ratio=cfg.dataloader.aspect_ratio_grouping,
         drop_last=cfg.dataloader.drop_last)
-    validation = load_validation_set(cfg, class_names, verbose=main)
+    validation = load_data(cfg, "val", class_names, verbose=main)
 
-    # ---- model, optimizer, schedule, resume ------------------------------------------------------
-    last = find_last_checkpoint(out) if resume else None
+    last, state = find_resume_checkpoint(out, map_location=device, verbose=main) if resume else (None, None)
     if resume and last is None and main:
         print(f"--resume: no checkpoint in {out}, starting from iteration 0", flush=True)
+    if state is not None:
+        check_class_names(last, state.get("class_names"), class_names, cfg.data.train_annotations,
+                          hint="resume with the classes it was trained for, or start a new run (another "
+                               "output_dir) from it with model.weights=FILE to fine-tune onto these classes")
+        if state["iteration"] >= cfg.solver.max_iter:
+            return already_finished(cfg, last, state["iteration"], main)
+
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, load_weights=last is None).to(device)
     baseline = trainable_baseline(model)
     optimizer = optimizer_from_config(model, cfg.solver)
-    schedule = lr_schedule_from_config(cfg.solver)
     scheduler = build_lr_scheduler(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     start_iter = 0
     seed_everything(cfg.seed + info.rank)  # each rank's own draws from here on
-    if last is not None:
-        state = load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler, grad_scaler=scaler,
-                                rank=info.rank, map_location=device)
+    if state is not None:
+        restore_training_state(state, last, model=model, optimizer=optimizer, scheduler=scheduler,
+                               grad_scaler=scaler, rank=info.rank)
         start_iter = state["iteration"]
-        if main:
+        state = None  # release the loaded tensors
+    # ---- checks passed: from here on the run writes into output_dir --------------------------------
+    if main:
+        os.makedirs(out, exist_ok=True)
+        for path in remove_interrupted_writes(out):
+            print(f"removed {path} (left by an interrupted checkpoint write)", flush=True)
+        cfg.dump(os.path.join(out, "config.yaml"))
+        if last is not None:
             print(f"resumed from {last} at iteration {start_iter}", flush=True)
     log = MetricsLog(out, resume_from=start_iter if last else None, tensorboard=cfg.train.tensorboard) if main else None
 
@@ -225,6 +257,7 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
     ddp_model, stage_index = model, None
     report, saved = None, None
     window_start, window_iters = time.perf_counter(), 0
+    iteration_time = SmoothedIterationTime()
     for iteration in range(start_iter, max_iter):
         index, stage = stage_at(schedule.stages, iteration)
         if index != stage_index:
@@ -251,14 +284,18 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
         scheduler.step()
         window_iters += 1
 
-        if main and (done % log_period == 0 or done == max_iter):
+        scheduled_line = done % log_period == 0 or done == max_iter
+        first_line = done == start_iter + 1  # an early sign of life (stdout only: metrics keep their schedule)
+        if main and (scheduled_line or first_line):
             seconds = (time.perf_counter() - window_start) / window_iters
+            smoothed = iteration_time.update(seconds, window_iters, provisional=first_line and not scheduled_line)
             memory = peak_memory_bytes(device)
             print(progress_line(done, max_iter, losses, lr, cfg.solver.ims_per_batch / seconds,
-                                seconds * (max_iter - done), memory), flush=True)
-            log.write({"type": "train", "iteration": done, "loss": sum(losses.values()), **losses, "lr": lr,
-                       "images_per_second": cfg.solver.ims_per_batch / seconds,
-                       "seconds_per_iteration": seconds, "peak_memory_bytes": memory})
+                                smoothed * (max_iter - done), memory), flush=True)
+            if scheduled_line:
+                log.write({"type": "train", "iteration": done, "loss": sum(losses.values()), **losses, "lr": lr,
+                           "images_per_second": cfg.solver.ims_per_batch / seconds,
+                           "seconds_per_iteration": seconds, "peak_memory_bytes": memory})
 
         final = done == max_iter
         paused = False  # evaluating and saving are not training speed: restart the timing window after them
@@ -271,9 +308,10 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
         if final or (cfg.solver.checkpoint_period > 0 and done % cfg.solver.checkpoint_period == 0):
             saved = save_training_state(out, done, model, optimizer, scheduler, scaler, cfg, class_names, main)
             if main:
+                print(f"checkpoint saved: {saved}", flush=True)
                 log.draw_loss_curves()
             paused = True
-        if paused or done % log_period == 0:
+        if paused or scheduled_line or first_line:
             window_start, window_iters = time.perf_counter(), 0
         if done == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -284,6 +322,84 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
         print(f"done: {max_iter} iterations; last checkpoint {saved or find_last_checkpoint(out)}"
               + (f"; loss curves {curves}" if curves else ""), flush=True)
     return {"iteration": max_iter, "checkpoint": saved or find_last_checkpoint(out), "eval": report}
+
+
+def as_config_error(function, *args):
+    """``function(*args)``, its ValueError re-raised as a :class:`ConfigError` (they name the config key)."""
+    try:
+        return function(*args)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+@contextlib.contextmanager
+def data_errors_named(cfg, split: str):
+    """Turn the plain errors of loading ``split`` into ones that name the config key and the file.
+
+    The loaders name the file and field of what they refuse (``DataError``, passed on as is); what is left
+    (an unset path, an unknown ``data.format``, a class table that does not fit) becomes ``ConfigError`` or
+    ``DataError`` here, where the key and the file are known.
+    """
+    try:
+        yield
+    except DataError:
+        raise
+    except (ValueError, KeyError, OSError) as error:
+        annotations = cfg.data[f"{split}_annotations"]
+        if not annotations:
+            raise ConfigError(f"data.{split}_annotations is not set: the config has no {split} data "
+                              "(a data section with train_annotations and train_images)") from None
+        if cfg.data.format not in FORMATS:
+            raise ConfigError(f"data.format={cfg.data.format!r}: unknown dataset format; choose one of "
+                              f"{sorted(FORMATS)}") from None
+        text = str(error).strip("'\"")
+        raise DataError(text if annotations in text else f"data.{split}_annotations ({annotations}): {text}") from None
+
+
+def load_data(cfg, split: str, class_names: Optional[List[str]] = None, verbose: bool = True):
+    """The ``train`` split's RecordSet, or the validation set (``split="val"``, checked against
+    ``class_names``; None without ``data.val_annotations``); errors named by :func:`data_errors_named`."""
+    with data_errors_named(cfg, split):
+        if split == "train":
+            return load_split(cfg, "train")
+        return load_validation_set(cfg, class_names, verbose=verbose)
+
+
+def check_evaluation_inputs(cfg) -> None:
+    """``--eval-only``'s checks before anything is built: a validation split, and weights trained for its classes.
+
+    A checkpoint naming other classes, or a state dict whose predictor has another class count, is refused
+    (:class:`CheckpointError` with both): evaluating it would score relabelled or randomly re-initialized heads.
+    """
+    if not cfg.data.val_annotations:
+        raise ConfigError("--eval-only needs a validation split: set data.val_annotations")
+    weights = cfg.model.weights or find_last_checkpoint(cfg.output_dir)
+    if not weights:
+        raise FileNotFoundError(f"--eval-only: model.weights is empty and {cfg.output_dir} holds no checkpoint; "
+                                "train first or set model.weights=FILE")
+    names, count = classes_of_weights(read_checkpoint_file(weights))
+    with data_errors_named(cfg, "val"):
+        data_names = list(load_split(cfg, "val").class_names)
+    if names is not None:
+        check_class_names(weights, names, data_names, cfg.data.val_annotations)
+    elif count is not None and count != len(data_names):
+        raise CheckpointError(f"{weights}: its box predictor has {count} classes, but the data "
+                              f"({cfg.data.val_annotations}) has {len(data_names)}: {data_names}; evaluating it "
+                              "would score randomly re-initialized heads")
+
+
+def already_finished(cfg, checkpoint: str, iteration: int, main: bool) -> Dict:
+    """``--resume`` of a run whose checkpoint reached ``solver.max_iter``: say so and where its results are."""
+    results = os.path.join(cfg.output_dir, "eval", "final")
+    if main:
+        where = (f"its final evaluation is in {results}" if os.path.isdir(results)
+                 else "it has no final evaluation (run --eval-only to make one)")
+        print(f"--resume: the run in {cfg.output_dir} is already finished: {checkpoint} is at iteration "
+              f"{iteration} of solver.max_iter={cfg.solver.max_iter}; {where}. Nothing to do (raise solver.max_iter "
+              "to train longer).", flush=True)
+    return {"iteration": iteration, "checkpoint": checkpoint, "eval": None}
 
 
 def save_training_state(out: str, iteration: int, model, optimizer, scheduler, scaler, cfg, class_names,

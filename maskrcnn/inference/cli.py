@@ -14,7 +14,7 @@ INPUT is an image file, a folder (searched recursively for image files) or a glo
 
 Every option has a config key (``infer.*`` in ``maskrcnn/defaults.py``; ``--set key=value`` for any other key,
 e.g. ``--set input.min_size=1024``); the defaults are the checkpoint's config. A file that cannot be read is
-reported on stderr (and in unreadable.txt) and the run goes on. Exit status: 0 when every input was
+reported on stderr as ``infer.py: skipped PATH: reason`` (and in unreadable.txt) and the run goes on. Exit status: 0 when every input was
 processed, 1 when some files could not be read (the others' outputs are written), 2 for a bad command line,
 weights file or config.
 """
@@ -60,6 +60,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def skip_reason(path: str, error: str) -> str:
+    """The reason of a decoding ``error`` without the path it repeats: the line reads ``skipped PATH: reason``.
+
+    ``skip_reason("a.jpg", "cannot identify image file 'a.jpg' (UnidentifiedImageError)")`` ->
+    ``"cannot identify image file (UnidentifiedImageError)"``.
+    """
+    if error.startswith(f"{path}: "):
+        error = error[len(path) + 2:]
+    return error.replace(f" {path!r}", "").replace(f" '{path}'", "").replace(f' "{path}"', "")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     # Imported here so that --help and argument errors do not wait for torch.
@@ -91,8 +102,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     results, coco, failures = [], [], []
     for image_id, result in enumerate(predictor.predict_files(paths), start=1):
         if result.error is not None:
-            print(f"infer.py: skipped {result.error}", file=sys.stderr, flush=True)
-            failures.append(f"{result.path}\t{result.error}")
+            reason = skip_reason(result.path, result.error)
+            print(f"infer.py: skipped {result.path}: {reason}", file=sys.stderr, flush=True)
+            failures.append(f"{result.path}\t{reason}")
         else:
             write_outputs(result, args.out, predictor.class_names, args.weights, predictor.score_thresh,
                           predictor.mask_threshold, per_image_json=args.json == "per-image",

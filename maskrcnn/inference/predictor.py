@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from maskrcnn.checkpoint import read_checkpoint_file
 from maskrcnn.config import Config, config_from_dict, load_config, parse_override
 from maskrcnn.inference.images import DECODE_ERRORS, DecodedImage, decode_image, unique_stems
 from maskrcnn.modeling import build_model
@@ -148,13 +149,7 @@ def read_checkpoint(weights: str, config=None, overrides: Sequence[str] = ()) ->
     """
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"weights: no such file {weights!r}")
-    try:
-        content = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle and zip errors of all kinds: name the file
-        raise ValueError(f"weights: {weights} is not a readable torch checkpoint ({type(error).__name__}: "
-                         f"{error})") from error
-    if not isinstance(content, Mapping):
-        raise ValueError(f"weights: {weights} holds a {type(content).__name__}, expected a dict")
+    content = read_checkpoint_file(weights)  # "FILE: not a loadable checkpoint (reason)", shared with train.py
     is_checkpoint = isinstance(content.get("model"), Mapping)
     state_dict = dict(content["model"]) if is_checkpoint else dict(content)
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):

@@ -8,11 +8,15 @@ import torch
 from torch import nn
 
 from maskrcnn.config import config_from_dict, load_config
+from maskrcnn.checkpoint import CheckpointError
 from maskrcnn.engine.checkpoint import (
     LAST_CHECKPOINT_FILE,
+    CheckpointWriteError,
     atomic_write,
     checkpoint_path,
     find_last_checkpoint,
+    find_resume_checkpoint,
+    remove_interrupted_writes,
     get_rng_states,
     load_checkpoint,
     save_checkpoint,
@@ -148,6 +152,57 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["model_0000001.pth"]
 
 
+def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    folder = str(tmp_path)
+    model = nn.Linear(2, 2)
+    save_checkpoint(checkpoint_path(folder, 1), model=model, iteration=1)
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"the first bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match=f"no space left on device while writing .*model_0000002.pth$"):
+        save_checkpoint(checkpoint_path(folder, 2), model=model, iteration=2)
+    assert sorted(os.listdir(folder)) == ["last_checkpoint", "model_0000001.pth"]  # no partial or temporary file
+    assert open(tmp_path / LAST_CHECKPOINT_FILE).read() == "model_0000001.pth"
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
+    folder = str(tmp_path)
+    assert find_resume_checkpoint(folder) == (None, None)
+    model = nn.Linear(2, 2)
+    for iteration in (1, 2, 3):
+        save_checkpoint(checkpoint_path(folder, iteration), model=model, iteration=iteration)
+    with open(checkpoint_path(folder, 3), "r+b") as f:
+        f.truncate(100)  # cut short, e.g. by a full disk
+    open(checkpoint_path(folder, 2), "wb").close()  # empty
+    path, state = find_resume_checkpoint(folder)
+    assert path == checkpoint_path(folder, 1) and state["iteration"] == 1
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        f"warning: {checkpoint_path(folder, 3)}: not a loadable checkpoint (truncated or corrupted: its zip archive "
+        "is incomplete); trying the next older checkpoint",
+        f"warning: {checkpoint_path(folder, 2)}: not a loadable checkpoint (empty: 0 bytes); trying the next "
+        "older checkpoint"]
+    os.remove(checkpoint_path(folder, 1))
+    with pytest.raises(CheckpointError, match=r"no loadable checkpoint to resume from \(unreadable: "
+                                              r"model_0000003.pth, model_0000002.pth\)"):
+        find_resume_checkpoint(folder, verbose=False)
+
+
+def test_interrupted_writes_leave_temporaries_that_are_removed(tmp_path):
+    (tmp_path / ".model_0000004.pth.123.tmp").write_bytes(b"half")
+    (tmp_path / ".last_checkpoint.77.tmp").write_bytes(b"m")
+    (tmp_path / "model_0000002.pth").write_bytes(b"kept")
+    (tmp_path / ".hidden").write_bytes(b"not ours")
+    removed = remove_interrupted_writes(str(tmp_path))
+    assert [os.path.basename(p) for p in removed] == [".last_checkpoint.77.tmp", ".model_0000004.pth.123.tmp"]
+    assert sorted(os.listdir(tmp_path)) == [".hidden", "model_0000002.pth"]
+
+
 def test_wrapped_model_saves_bare_names(tmp_path):
     model = nn.Linear(3, 2)
     path = save_checkpoint(str(tmp_path / "model_0000001.pth"), model=nn.DataParallel(model), iteration=1)
@@ -160,7 +215,7 @@ def test_wrapped_model_saves_bare_names(tmp_path):
 def test_load_errors(tmp_path):
     plain = str(tmp_path / "weights.pth")
     torch.save({"weight": torch.zeros(2)}, plain)
-    with pytest.raises(ValueError, match="not a maskrcnn training-state checkpoint"):
+    with pytest.raises(ValueError, match="weights.pth: not a loadable checkpoint .not a maskrcnn training state"):
         load_checkpoint(plain)
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_checkpoint(str(tmp_path / "nowhere.pth"))
@@ -171,7 +226,8 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="RNG states for 1 rank"):
         load_checkpoint(path, rank=1)
     assert load_checkpoint(path, rank=1, restore_rng=False)["iteration"] == 3
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(CheckpointError, match=r"model_0000003.pth: its model does not fit the one the config builds "
+                                              r".*size mismatch for weight"):
         load_checkpoint(path, model=nn.Linear(3, 2))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from maskrcnn.config import load_config
 from maskrcnn.data import AspectRatioBatchSampler, FashionDataset, load_split
-from maskrcnn.engine.progress import MetricsLog, format_duration, progress_line, read_metrics
+from maskrcnn.engine.progress import MetricsLog, SmoothedIterationTime, format_duration, progress_line, read_metrics
 from maskrcnn.engine.trainer import KILL_AFTER_ENV, NonFiniteLossError, train, training_batches
 
 from .tiny_training import ENV, read_metrics as read_train_metrics, run, synthetic_data, write_config
@@ -112,6 +112,27 @@ def test_progress_line_reads_iteration_losses_rate_speed_eta_memory():
     line = progress_line(40, 300, losses, 0.01, 7.94, 131.2, 3 * 2**29)
     assert line == "iter 40/300  loss 0.750  objectness 0.500  mask 0.250  lr 0.01  7.9 img/s  eta 0:02:11  peak mem 1.5G"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_thread_count_leaves_the_loader_workers_their_cores():
+    from maskrcnn.engine.distributed import default_num_threads
+
+    assert default_num_threads(cores=16, processes_per_machine=1, loader_workers=2) == 14
+    assert default_num_threads(cores=2, processes_per_machine=1, loader_workers=2) == 1  # never below one
+    assert default_num_threads(cores=16, processes_per_machine=4, loader_workers=2) == 2
+    assert default_num_threads(cores=2, processes_per_machine=1, loader_workers=0) == 2
+
+
+def test_eta_averages_the_iteration_time_with_a_half_life_in_iterations():
+    timer = SmoothedIterationTime(half_life=20)
+    assert timer.update(5.0, 1, provisional=True) == 5.0  # the first iteration, start-up included
+    assert timer.update(1.0, 19) == 1.0  # replaces the provisional value instead of averaging with it
+    assert timer.update(3.0, 20) == pytest.approx(0.5 * 1.0 + 0.5 * 3.0)  # 20 iterations: half the weight
+    assert timer.update(3.0, 40) == pytest.approx(0.25 * 2.0 + 0.75 * 3.0)
+    # One slow window moves the estimate by its share of iterations, not all the way (the ETA no longer jumps).
+    steady = SmoothedIterationTime(half_life=50)
+    steady.update(1.0, 20)
+    assert steady.update(4.0, 20) == pytest.approx(1.0 + 3.0 * (1 - 0.5 ** (20 / 50)))
 
 
 def test_metrics_log_drops_lines_after_the_resumed_checkpoint(tmp_path):

@@ -1,12 +1,14 @@
 """Weights: the torchvision / ImageNet converter and the class-count-aware loader with its report table."""
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
 import torch
 
-from maskrcnn.checkpoint import (PREDICTOR_PREFIXES, convert_torchvision, load_model_weights, load_weights_file,
+from maskrcnn.checkpoint import (CheckpointError, check_class_names, classes_of_weights, read_checkpoint_file,
+                                 PREDICTOR_PREFIXES, convert_torchvision, load_model_weights, load_weights_file,
                                  torchvision_name_map)
 from maskrcnn.config import load_config
 from maskrcnn.modeling import build_model
@@ -113,10 +115,54 @@ def test_weight_files_load_safely(tmp_path, torchvision_weights):
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": NotAllowed()}, evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"evil.pt: not a loadable checkpoint \(it holds a pickled reference to "
+                                              r".*NotAllowed, which loading would import and call; refused") as error:
         load_weights_file(str(evil))
+    assert "weights_only" not in str(error.value)  # torch's advice to load unsafely is never passed on
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_weights_file(str(tmp_path / "missing.pt"))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def test_unusable_files_are_named_with_the_reason_never_with_unsafe_advice(tmp_path, capfd):
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "class_names": ["top"]}, good)
+    files = {
+        "truncated.pth": (good.read_bytes()[:200], "truncated or corrupted: its zip archive is incomplete"),
+        "empty.pth": (b"", "empty: 0 bytes"),
+        "photo.pth": (b"\xff\xd8\xff\xe0" + bytes(60), "it is a JPEG image, not a file written by torch.save"),
+        "picture.pth": (b"\x89PNG\r\n\x1a\n" + bytes(60), "it is a PNG image, not a file written by torch.save"),
+        "noise.pth": (b"\x80\x02garbage", "not a file written by torch.save (unreadable pickle data)"),
+    }
+    for name, (content, reason) in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    files["tensor.pth"] = (None, "it holds a Tensor, not a dict of named weights")
+    torch.save({"model": RunsCode()}, tmp_path / "code.pth")
+    files["code.pth"] = (None, "it holds a pickled reference to posix.system, which loading would import and call; "
+                               "refused: a checkpoint holds only tensors and plain data")
+    for name, (_, reason) in files.items():
+        with pytest.raises(CheckpointError) as error:
+            read_checkpoint_file(str(tmp_path / name))
+        assert str(error.value) == f"{tmp_path / name}: not a loadable checkpoint ({reason})"
+        assert "weights_only" not in str(error.value)
+    assert "this must never run" not in capfd.readouterr().out
+    assert read_checkpoint_file(str(good))["class_names"] == ["top"]
+    assert classes_of_weights(read_checkpoint_file(str(good))) == (["top"], None)
+
+
+def test_class_names_are_part_of_a_checkpoints_identity():
+    check_class_names("a.pth", ["top", "bag"], ["top", "bag"], "data.json")
+    check_class_names("a.pth", None, ["top", "bag"], "data.json")  # a file without names: nothing to compare
+    with pytest.raises(CheckpointError, match=r"^a.pth: trained for the classes \['top', 'bag'\], but the data "
+                                              r"\(data.json\) has \['bag', 'top'\]; hint$"):
+        check_class_names("a.pth", ["top", "bag"], ["bag", "top"], "data.json", hint="hint")
+    state = {"roi_heads.box_predictor.class_logits.weight": torch.zeros(4, 8)}
+    assert classes_of_weights(state) == (None, 3)  # background + 3 classes
 
 
 def test_build_model_loads_model_weights_from_the_config(tmp_path, torchvision_weights, capsys):
