@@ -8,7 +8,7 @@ Exit status 2, with one line naming the problem, for a missing extra, a bad weig
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -61,12 +61,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def missing_extra() -> Optional[str]:
     """The message naming the ``serve`` extra when one of its packages cannot be imported, else None."""
-    missing = [package for package, modules in EXTRA_MODULES
-               if all(importlib.util.find_spec(module) is None for module in modules)]
+    missing = [package for package, modules in EXTRA_MODULES if not any(_importable(name) for name in modules)]
     if not missing:
         return None
     return (f"the serving extra is not installed (missing: {', '.join(missing)}); install it with "
             f"pip install 'maskrcnn[serve]' (or: pip install fastapi uvicorn python-multipart)")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def build_app(args: argparse.Namespace):
@@ -108,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         predictor, app = build_app(args)  # also checks the weights before any worker starts
     except (FileNotFoundError, ValueError, ConfigError) as error:
-        print(f"maskrcnn.serve: error: {error}", file=sys.stderr)
+        one_line = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"maskrcnn.serve: error: {one_line}", file=sys.stderr)
         return 2
     print(f"maskrcnn.serve: {args.weights} on {predictor.device}, classes {predictor.class_names}; "
           f"http://{args.host}:{args.port}/ (max batch {args.max_batch}, queue {args.max_queue}, "
