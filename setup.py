@@ -160,7 +160,8 @@ setup(
     packages=find_packages(include=["maskrcnn", "maskrcnn.*"]),
     python_requires=">=3.10",
     install_requires=["torch", "numpy", "pillow", "pycocotools", "pyyaml"],
-    extras_require={"dev": ["pytest"]},
-    package_data={"maskrcnn": ["ops/csrc/**/*", "ops/" + BUILD_RECORD]},
+    extras_require={"serve": ["fastapi>=0.100", "uvicorn>=0.22", "python-multipart>=0.0.9"],
+                    "dev": ["pytest", "selenium>=4.6", "fastapi>=0.100", "uvicorn>=0.22", "python-multipart>=0.0.9"]},
+    package_data={"maskrcnn": ["ops/csrc/**/*", "ops/" + BUILD_RECORD, "serve/static/*"]},
     **_native_build_options(),
 )
