@@ -61,3 +61,26 @@ def test_wrong_number_of_levels_is_an_error():
     fpn = FeaturePyramidNetwork([8, 16], out_channels=4)
     with pytest.raises(ValueError, match="features: expected 2 levels, got 1"):
         fpn([torch.randn(1, 8, 4, 4)])
+
+
+def test_cpu_inference_runs_channels_last_with_the_same_values():
+    """Eval mode on the CPU converts the images to channels_last (faster there, docs/benchmarks.md); the
+    levels keep their shapes and values. Bound: both layouts sum the same products in different orders,
+    each within ~16 float32 ulps of the float64 result at the level's largest magnitude (ResNet-18/50,
+    measured), so 2 x 24 ulps of that magnitude apart at most."""
+    from float32 import float32_ulp
+
+    torch.manual_seed(0)
+    model = ResNetFPN(depth=18).eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        fast = model(x)
+        model.channels_last_cpu_inference = False
+        plain = model(x)
+    for f, p in zip(fast, plain):
+        assert f.is_contiguous(memory_format=torch.channels_last) and p.is_contiguous()
+        assert f.shape == p.shape
+        assert float((f - p).abs().max()) <= 48 * float(float32_ulp(p.abs().max()))
+    model.train()  # training keeps the default layout
+    model.channels_last_cpu_inference = True
+    assert model(x)[0].is_contiguous()

@@ -88,3 +88,36 @@ def test_bad_arguments_are_named():
         ResNet(42)
     with pytest.raises(ValueError, match="frozen_stages=6"):
         ResNet(50, frozen_stages=6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_frozen_batchnorm_returns_the_input_dtype(dtype):
+    torch.manual_seed(1)
+    norm = FrozenBatchNorm2d(4)  # float32 buffers, as in a model run under autocast
+    norm.weight.uniform_(0.5, 1.5)
+    norm.bias.normal_()
+    norm.running_mean.normal_()
+    norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 4, 3, 5).to(dtype)
+    out = norm(x)
+    assert out.dtype == dtype
+    # The float32 result of the same (rounded) input, rounded once more: the per-channel factors are rounded
+    # to the dtype (relative 2**-8 for bfloat16, 2**-11 for float16) and the multiply-add is done in it.
+    expected = norm(x.float())
+    unit = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+    bound = 4 * unit * (x.float().abs() * norm.scale_and_shift()[0].abs().reshape(1, -1, 1, 1) + expected.abs())
+    assert bool(((out.float() - expected).abs() <= bound).all())
+
+
+def test_resnet_under_bfloat16_autocast_returns_bfloat16_close_to_float32():
+    torch.manual_seed(2)
+    model = ResNet(18, frozen_stages=0).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = model(x)
+    for out, ref in zip(outputs, reference):
+        assert out.dtype == torch.bfloat16
+        # bfloat16 keeps 8 significant bits; ~20 layers of rounding leave a few percent of the level's range
+        assert float((out.float() - ref).abs().max()) <= 0.05 * float(ref.abs().max())
