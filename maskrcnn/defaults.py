@@ -87,9 +87,12 @@ DEFAULTS = {
         "label_descriptions": K("", "iMaterialist only: label_descriptions.json for the class names; '' = the one beside train.csv, else data/categories/imaterialist46."),
         "drop_categories": K([], "Source categories (names or source ids) whose instances are removed, e.g. iMaterialist's garment parts 27-45; none by default: train on every class of the table.", type=object),
         "merge_categories": K({}, "{source name or id: new name}: renames, or merges several sources into one class (e.g. boots and footwear -> shoe); empty = keep the table's names."),
+        "category_match": K("id", "COCO files: how the file's own category names meet the class table of data.categories: 'id' = same ids, and a name that disagrees (after the table's aliases) stops loading with both names listed; 'name' = map each file category to the table's category of the same name."),
         "class_order": K([], "Final class names in label order (label = position + 1); set the same list for two datasets to share one taxonomy; empty = table order.", type=str),
         "recompute_boxes": K(False, "Replace every box by the whole-pixel box of its mask (fixes ModaNet's boxes that disagree with their polygons); off by default since it decodes every mask at load time."),
+        "drop_duplicates": K(True, "COCO files: drop exact duplicate annotations (same class and the same mask or box in one image, e.g. ModaNet shoe pairs that carry the identical two-shoe polygon) with a count; a duplicate ground truth counts as a miss in evaluation."),
         "clip_boxes": K(True, "Clip boxes that stick out of the image to the image (boxes wholly outside are reported and dropped); on, since such boxes only add loss outside the picture."),
+        "allow_outside_images": K(False, "Accept annotation file names that resolve outside the images folder (absolute paths, '../../etc/hostname'); refused by default, naming the file, so that an annotation file cannot make training read arbitrary files."),
         "strict": K(False, "True: the first bad image or annotation raises an error naming it; False: it is skipped with one warning naming it, and the count is reported."),
         # Training augmentations (maskrcnn/data/transforms.py): each has a probability and a range; the geometric
         # ones move boxes and masks with the image. The defaults reproduce the standard Mask R-CNN recipe

@@ -92,3 +92,10 @@ def test_arguments_are_checked():
         main([])
     with pytest.raises(SystemExit):
         main(["--annotations", CORRUPT_JSON])
+
+
+def test_an_empty_split_is_refused(tmp_path, capsys):
+    path = tmp_path / "empty_val.json"
+    path.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "bag"}]}')
+    assert main(["--format", "coco", "--annotations", str(path), "--no-images"]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: the split has no images; nothing to train or evaluate on\n")
