@@ -137,6 +137,26 @@ class FashionDataset(torch.utils.data.Dataset):
         """File names of the images skipped so far."""
         return [self.records[i]["file_name"] for i in torch.nonzero(self._bad_image).flatten().tolist()]
 
+    def skipped_images(self) -> list:
+        """``[{"index", "image_id", "file_name", "reason"}]`` of the images skipped so far, in index order.
+
+        The marks are shared with the DataLoader workers but the messages are not, so the reason is found
+        again by decoding the image once more (a handful of files; evaluation reports them).
+        """
+        skipped = []
+        for index in torch.nonzero(self._bad_image).flatten().tolist():
+            record = self.records[index]
+            try:
+                self.load(index)
+                reason = "could not be read when it was needed"
+            except DataError as error:
+                reason = str(error)
+                prefix = f"{record['file_name']}: "
+                reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+            skipped.append({"index": index, "image_id": int(record["image_id"]), "file_name": record["file_name"],
+                            "reason": reason})
+        return skipped
+
     def skip_summary(self) -> str:
         """One line for the training log, e.g. ``skipped 2 broken images and 5 broken annotations``."""
         return (f"skipped {self.num_skipped_images} broken image(s) and {self.num_skipped_annotations} "

@@ -21,7 +21,7 @@ polygons (with their count). An empty split (no image) cannot be checked: exit 2
 It then prints the instances and images per class, the number of images without instances, and
 instance-size statistics (mask area, with COCO's small < 32^2 <= medium < 96^2 <= large buckets).
 ``--show N`` writes ground-truth overlays (masks, boxes, tags, legend) of the first N images with
-instances. The exit status is 1 when a problem was found, 2 when the dataset cannot be read at all
+instances, decoded by the training decoder. The exit status is 1 when a problem was found, 2 when the dataset cannot be read at all
 (missing annotation file, bad config), 0 otherwise.
 """
 from __future__ import annotations
@@ -37,7 +37,8 @@ from pycocotools import mask as coco_mask
 
 from maskrcnn.data.load import load_dataset, split_options
 from maskrcnn.data.problems import Problems
-from maskrcnn.data.records import RecordSet, read_image_size, segmentation_to_rle
+from maskrcnn.data.dataset import decode_image
+from maskrcnn.data.records import RecordSet, segmentation_to_rle
 
 __all__ = ["CheckReport", "check_dataset", "check_records", "format_report", "write_overlays", "main"]
 
@@ -76,18 +77,18 @@ def _box_iou(a, b) -> float:
 
 
 def _check_image(record: dict, problems: Problems) -> None:
-    """Missing file, undecodable file, or a size that differs from the annotations."""
-    from PIL import Image
+    """Missing file, undecodable file, or a size that differs from the annotations.
 
+    The image is decoded by the training decoder (``maskrcnn.data.dataset.decode_image``), so what fails
+    here (a truncated file, a decompression bomb) is what training would skip.
+    """
     path = record["file_name"]
     where = f"{path} (image_id {record['image_id']})"
     if not os.path.isfile(path):
         problems.report(where, "missing image file")
         return
     try:
-        with Image.open(path) as image:
-            image.load()  # decode every pixel, not just the header
-        height, width = read_image_size(path)
+        height, width = decode_image(path).shape[:2]  # every pixel, EXIF orientation applied
     except Exception as e:  # Pillow raises several types for broken files
         problems.report(where, f"undecodable image: {e}")
         return
@@ -181,7 +182,10 @@ def format_report(report: CheckReport, max_problems: int = 200) -> str:
 
 
 def write_overlays(dataset: RecordSet, out_dir: str, count: int) -> list:
-    """Ground-truth overlays of the first ``count`` images with instances; returns the written paths."""
+    """Ground-truth overlays of the first ``count`` images with instances; returns the written paths.
+
+    Images are decoded as training decodes them (16-bit images scaled, transparency composited on white).
+    """
     from maskrcnn.visualize import draw_record
 
     os.makedirs(out_dir, exist_ok=True)
@@ -192,7 +196,7 @@ def write_overlays(dataset: RecordSet, out_dir: str, count: int) -> list:
         if not record["annotations"]:
             continue
         try:
-            picture = draw_record(record, dataset.class_names)
+            picture = draw_record(record, dataset.class_names, image=decode_image(record["file_name"]))
         except Exception:  # a broken image is already in the problem list
             continue
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
