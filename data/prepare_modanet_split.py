@@ -16,7 +16,9 @@ get their exact share; common ones, which also ride along with rarer ones, come 
 The outputs keep ``info``, ``licenses`` and ``categories``; annotation ids are renumbered from 1 in each
 file (ModaNet's start at 0, which COCOeval treats as "no match"), unless ``--keep-ids``. Writes
 ``modanet_train.json`` and ``modanet_val.json`` (``--prefix`` changes the names: any COCO JSON, e.g.
-the converted iMaterialist file, can be split the same way) and prints per-category counts.
+the converted iMaterialist file, can be split the same way) and prints per-category counts. A split
+that would come out empty (a tiny file, or a fraction that rounds to 0 images in every stratum) is an
+error (exit 2): nothing is written.
 """
 from __future__ import annotations
 
@@ -83,6 +85,12 @@ def main(argv=None) -> int:
     with open(args.annotations) as f:
         data = json.load(f)
     train_ids, val_ids = stratified_split(data["images"], data.get("annotations", []), args.val_fraction, args.seed)
+    for name, ids in (("val", val_ids), ("train", train_ids)):
+        if not ids:
+            print(f"error: {args.annotations}: --val-fraction {args.val_fraction} puts 0 of the "
+                  f"{len(data['images'])} images in {name} (each category's share is rounded per stratum); "
+                  f"use a {'larger' if name == 'val' else 'smaller'} --val-fraction or more images", file=sys.stderr)
+            return 2
     os.makedirs(args.out_dir, exist_ok=True)
     splits = {"train": subset(data, train_ids, args.keep_ids), "val": subset(data, val_ids, args.keep_ids)}
     for name, split in splits.items():

@@ -21,6 +21,7 @@ Class-table file format (YAML or JSON; see ``data/categories/*.yaml``)::
     categories:              # source id -> name, in table order
       - {id: 1, name: bag}
       - {id: 2, name: belt}
+      - {id: 13, name: scarf & tie, aliases: [scarf/tie]}   # optional: other spellings of the name
     drop: []                 # optional, combined with the config's data.drop_categories
     merge: {}                # optional, combined with (and overridden by) data.merge_categories
 """
@@ -35,7 +36,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import yaml
 
 __all__ = ["CategoryTable", "CategoryMap", "load_category_table", "build_category_map",
-           "category_map_from_table", "resolve_category_map", "resolve_table_path"]
+           "category_map_from_table", "resolve_category_map", "resolve_table_path", "normalize_name",
+           "match_file_categories", "CATEGORY_MATCH_MODES"]
 
 # Class tables ship in <repo>/data/categories/; this file is <repo>/maskrcnn/data/categories.py.
 BUILTIN_TABLE_DIR = Path(__file__).resolve().parents[2] / "data" / "categories"
@@ -43,12 +45,22 @@ BUILTIN_TABLE_DIR = Path(__file__).resolve().parents[2] / "data" / "categories"
 
 @dataclass
 class CategoryTable:
-    """A class table: ``categories`` is a list of ``(source_id, name)`` in table order."""
+    """A class table: ``categories`` is a list of ``(source_id, name)`` in table order.
+
+    ``aliases`` maps a source id to other spellings of its name that annotation files use (ModaNet's
+    files say ``scarf/tie`` where the table says ``scarf & tie``); see :func:`match_file_categories`.
+    """
 
     categories: list
     drop: list = field(default_factory=list)
     merge: dict = field(default_factory=dict)
     path: str = ""
+    aliases: dict = field(default_factory=dict)
+
+    def accepted_names(self, source_id) -> set:
+        """The normalized name and aliases of ``source_id`` (empty set for an unknown id)."""
+        names = [name for sid, name in self.categories if sid == source_id]
+        return {normalize_name(n) for n in names + list(self.aliases.get(source_id, []))}
 
 
 @dataclass
@@ -113,19 +125,67 @@ def load_category_table(path_or_name: str) -> CategoryTable:
             raise ValueError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
         raise ValueError(f"{path}: categories: expected a list of {{id, name}}")
-    categories = []
+    categories, aliases = [], {}
     for i, entry in enumerate(data["categories"]):
         if not (isinstance(entry, dict) and isinstance(entry.get("id"), int)
                 and isinstance(entry.get("name"), str)):
             raise ValueError(f"{path}: categories[{i}]: expected {{id: int, name: str}}, got {entry!r}")
         categories.append((entry["id"], entry["name"]))
+        names = entry.get("aliases", [])
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{path}: categories[{i}].aliases: expected a list of names, got {names!r}")
+        if names:
+            aliases[entry["id"]] = list(names)
     drop = data.get("drop") or []
     merge = data.get("merge") or {}
     if not isinstance(drop, list):
         raise ValueError(f"{path}: drop: expected a list of names or ids")
     if not isinstance(merge, dict):
         raise ValueError(f"{path}: merge: expected a mapping {{source name: new name}}")
-    return CategoryTable(categories, list(drop), dict(merge), str(path))
+    return CategoryTable(categories, list(drop), dict(merge), str(path), aliases)
+
+
+# ----------------------------------------------------------------------------------------------
+# An annotation file's own category names against the chosen table
+# ----------------------------------------------------------------------------------------------
+CATEGORY_MATCH_MODES = ("id", "name")
+
+
+def normalize_name(name: str) -> str:
+    """A category name for comparison: lower case, runs of white space as one space, ends trimmed."""
+    return " ".join(str(name).lower().split())
+
+
+def match_file_categories(table: CategoryTable, file_categories: Sequence, mode: str = "id",
+                          where: str = "categories") -> dict:
+    """Check an annotation file's ``(id, name)`` categories against ``table``; return ``{file id: table id}``.
+
+    ``mode="id"``: the file's ids are the table's ids, and every file category whose id is in the table
+    must carry that id's name (or one of its aliases; case and spacing are ignored). ``mode="name"``:
+    each file category is mapped to the table category of the same name (or alias), whatever its id.
+    A disagreement raises ValueError listing every id with both names, so that a file written for
+    another taxonomy (a 48-class pre-release file against the 46-class table) cannot be silently
+    relabelled. File categories that are not in the table (by id, or by name with ``mode="name"``) are
+    left out of the returned map: the loader reports each annotation that uses them.
+    """
+    if mode not in CATEGORY_MATCH_MODES:
+        raise ValueError(f"data.category_match: expected one of {CATEGORY_MATCH_MODES}, got {mode!r}")
+    table_names = dict(table.categories)
+    if mode == "id":
+        clashes = [(fid, name) for fid, name in file_categories
+                   if fid in table_names and normalize_name(name) not in table.accepted_names(fid)]
+        if clashes:
+            listed = "; ".join(f"id {fid}: file {name!r}, table {table_names[fid]!r}" for fid, name in clashes)
+            raise ValueError(
+                f"{where}: {len(clashes)} category name(s) disagree with {table.path or 'the class table'} "
+                f"for the same id ({listed}). The file uses another taxonomy: choose its table, add the "
+                f"names as aliases in the table, or set data.category_match=name to map by name")
+        return {fid: fid for fid, _ in file_categories if fid in table_names}
+    by_name = {}
+    for sid, _ in table.categories:
+        for name in table.accepted_names(sid):
+            by_name[name] = sid
+    return {fid: by_name[normalize_name(name)] for fid, name in file_categories if normalize_name(name) in by_name}
 
 
 def _source_id_of(key, by_id: Mapping, by_name: Mapping, what: str) -> int:

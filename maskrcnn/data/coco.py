@@ -16,6 +16,9 @@ Dataset quirks handled here (FACTS.md section 1):
   whole-pixel box of its rasterized mask.
 - ModaNet's released val JSON has no ``annotations`` key: a missing list is read as empty.
 - Fashionpedia's categories are 0-45; the class table maps them to labels 1..46.
+- A file's category *names* are checked against the chosen class table (``category_match``): a
+  pre-release Fashionpedia file with 48 classes loaded with the 46-class table would otherwise turn
+  shoes into "bag, wallet". Harmless spellings (ModaNet's "scarf/tie") are aliases in the table.
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ import json
 import os
 from typing import Iterable, Mapping, Optional, Sequence
 
-from .categories import CategoryTable, resolve_category_map
-from .problems import DataError, Problems, build_annotation
+from .categories import CategoryTable, match_file_categories, resolve_category_map
+from .duplicates import drop_duplicate_annotations
+from .problems import DataError, Problems, build_annotation, image_path
 from .records import RecordSet
 
 __all__ = ["load_coco", "read_coco_json"]
@@ -61,7 +65,7 @@ def _file_categories(data: dict, path: str) -> CategoryTable:
     return CategoryTable(categories, path=f"{path}: categories")
 
 
-def _read_images(data: dict, path: str, images_dir: str, problems: Problems) -> dict:
+def _read_images(data: dict, path: str, images_dir: str, problems: Problems, allow_outside: bool) -> dict:
     """``{image_id: record without annotations}`` in file order; bad or duplicate entries reported."""
     records = {}
     for i, image in enumerate(data["images"]):
@@ -87,8 +91,11 @@ def _read_images(data: dict, path: str, images_dir: str, problems: Problems) -> 
         if image_id in records:
             problems.report(f"{where}.id", f"duplicate image id {image_id}")
             continue
+        image_file = image_path(images_dir, file_name, f"{where}.file_name", problems, allow_outside)
+        if image_file is None:
+            continue
         records[image_id] = {
-            "file_name": os.path.join(images_dir, file_name),
+            "file_name": image_file,
             "image_id": image_id,
             "height": image["height"],
             "width": image["width"],
@@ -120,8 +127,11 @@ def load_coco(
     drop: Iterable = (),
     merge: Optional[Mapping] = None,
     class_order: Optional[Sequence[str]] = None,
+    category_match: str = "id",
+    drop_duplicates: bool = True,
     recompute_boxes: bool = False,
     clip_boxes: bool = True,
+    allow_outside_images: bool = False,
     strict: bool = False,
     problems: Optional[Problems] = None,
 ) -> RecordSet:
@@ -132,8 +142,16 @@ def load_coco(
         images_dir: folder that ``images[*].file_name`` is relative to.
         categories: class table (path or built-in name); None uses the file's own ``categories``.
         drop, merge, class_order: category configuration, see ``maskrcnn.data.categories``.
+        category_match: when ``categories`` names a table, how the file's own categories are matched
+            to it: ``"id"`` (same ids, and the names must agree) or ``"name"`` (map by name); see
+            ``categories.match_file_categories``. A disagreement raises DataError listing each id.
+        drop_duplicates: drop exact duplicate annotations (same class and the same mask or box in one
+            image, see ``duplicates.py``); they are counted in a warning (or listed by the checker)
+            either way, and the count is ``RecordSet.num_duplicates``.
         recompute_boxes: replace each box by the whole-pixel box of its mask (decodes every mask).
         clip_boxes: clip boxes that stick out of the image to the image.
+        allow_outside_images: accept ``file_name`` values that resolve outside ``images_dir``
+            (``../../etc/hostname``, absolute paths); refused and reported by default.
         strict: raise DataError at the first problem instead of warning and skipping the item.
         problems: a Problems collector to use instead (the dataset checker passes ``"collect"``).
 
@@ -143,11 +161,20 @@ def load_coco(
     path = str(annotations)
     problems = problems if problems is not None else Problems.for_loading(strict)
     data = read_coco_json(path)
-    table, category_map = resolve_category_map(
-        categories, _file_categories(data, path), drop, merge, class_order)
-    records = _read_images(data, path, str(images_dir), problems)
+    file_table = _file_categories(data, path)
+    table, category_map = resolve_category_map(categories, file_table, drop, merge, class_order)
+    to_table = None  # file category id -> table id, when the file is read with another table
+    if table is not file_table and file_table.categories:
+        try:
+            to_table = match_file_categories(table, file_table.categories, category_match, f"{path}: categories")
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if category_match == "id":
+            to_table = None  # the same ids: nothing to translate
+    records = _read_images(data, path, str(images_dir), problems, allow_outside_images)
     source_annotations = data.get("annotations", [])
     ids = _annotation_ids(source_annotations, path, problems)
+    positions = {}  # image id -> index in the file of each kept annotation, for messages
     for i, (ann, ann_id) in enumerate(zip(source_annotations, ids)):
         where = f"{path}: annotations[{i}]"
         if not isinstance(ann, dict):
@@ -171,12 +198,26 @@ def load_coco(
                 problems.report(f"{where}.{key}", "missing")
                 break
         else:
+            source_category = ann["category_id"]
+            if to_table is not None and not isinstance(source_category, bool):
+                if source_category not in to_table:
+                    name = dict(file_table.categories).get(source_category)
+                    problems.report(f"{where}.category_id",
+                                    f"category {source_category!r} ({name!r}) has no category of that name in "
+                                    f"{table.path}" if name else
+                                    f"category {source_category!r} is not among the file's categories")
+                    continue
+                source_category = to_table[source_category]
             built = build_annotation(
                 box=ann.get("bbox"), box_format="xywh", segmentation=ann["segmentation"],
-                source_category=ann["category_id"], height=record["height"], width=record["width"],
+                source_category=source_category, height=record["height"], width=record["width"],
                 where=where, problems=problems, category_map=category_map, table_name=table.path,
                 recompute_boxes=recompute_boxes, clip_boxes=clip_boxes,
                 iscrowd=ann.get("iscrowd", 0), **extra)
             if built is not None:
                 record["annotations"].append(built)
-    return RecordSet(list(records.values()), list(category_map.class_names), source=path)
+                positions.setdefault(record["image_id"], []).append(i)
+    records = list(records.values())
+    num_duplicates = drop_duplicate_annotations(records, positions, path, category_map.class_names, problems,
+                                                drop=drop_duplicates)
+    return RecordSet(records, list(category_map.class_names), source=path, num_duplicates=num_duplicates)

@@ -14,7 +14,8 @@ Annotations come from ``records.py``'s schema: the box is the record's ``bbox`` 
 is the rasterized ``segmentation``. Crowd annotations (``iscrowd = 1``) are left out of training targets, as in
 detectron2: a crowd region is neither a positive instance nor background.
 
-Bad data. A broken image (missing, undecodable, or a size different from its record) is *skipped*: one
+Bad data. A broken image (missing, undecodable, larger than Pillow's decompression-bomb limit, or a size
+different from its record) is *skipped*: one
 ``DataWarning`` names the file, the item is marked bad for the rest of the run, and the next good index takes
 its place, so every batch keeps its size and every distributed rank its step count. A broken annotation
 (undecodable segmentation, empty mask, degenerate box, category outside 1..K) is dropped from its image with one
@@ -42,27 +43,43 @@ from .records import segmentation_to_mask
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how Pillow opens 16-bit greyscale PNG/TIFF
 
 
-def read_image(path: str) -> torch.Tensor:
-    """Decode an image file into float32 RGB (3, H, W) in [0, 1], honouring the EXIF orientation.
+def decode_image(path: str) -> np.ndarray:
+    """Decode an image file into the (H, W, 3) RGB array that training sees, honouring the EXIF orientation.
 
-    Raises ``OSError`` / ``PIL.UnidentifiedImageError`` / ``ValueError`` for missing or undecodable files.
+    8-bit images (every mode Pillow maps to RGB: palette, greyscale, CMYK, ...) come out as ``uint8``, so a
+    large photo costs one byte per value until it is resized; images with transparency are composited on
+    white first. 16-bit greyscale (scaled by 65535) and float images come out as ``float32`` in [0, 1].
+    Raises ``OSError`` / ``PIL.UnidentifiedImageError`` / ``ValueError`` for missing or undecodable files
+    and ``PIL.Image.DecompressionBombError`` for images above Pillow's pixel limit.
     """
     with Image.open(path) as opened:
         opened.load()  # decode now: a truncated file fails here, inside the caller's error handling
         image = ImageOps.exif_transpose(opened)
     if image.mode in SIXTEEN_BIT_MODES:
-        gray = np.asarray(image, dtype=np.float32) / 65535.0  # (H, W)
-        rgb = np.repeat(np.clip(gray, 0.0, 1.0)[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
-    elif image.mode == "F":
+        gray = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)  # (H, W)
+        return np.repeat(gray[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
+    if image.mode == "F":
         gray = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)  # floats are taken as [0, 1] intensities
-        rgb = np.repeat(gray[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
-    else:
-        if "A" in image.mode or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, rgba)
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
+        return np.repeat(gray[:, :, None], 3, axis=2)  # (H, W) -> (H, W, 3)
+    if "A" in image.mode or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+
+
+def image_to_tensor(array: np.ndarray) -> torch.Tensor:
+    """:func:`decode_image`'s (H, W, 3) array -> float32 (3, H, W) in [0, 1] (uint8 values divided by 255)."""
+    planes = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W)
+    return planes.float().div_(255.0) if planes.dtype == torch.uint8 else planes.float()
+
+
+def read_image(path: str) -> torch.Tensor:
+    """Decode an image file into float32 RGB (3, H, W) in [0, 1], honouring the EXIF orientation.
+
+    The training decoder (:func:`decode_image`) then :func:`image_to_tensor`. Raises as ``decode_image``.
+    """
+    return image_to_tensor(decode_image(path))
 
 
 def _item_seed(seed: int, epoch: int, index: int) -> int:
@@ -123,6 +140,26 @@ class FashionDataset(torch.utils.data.Dataset):
         """File names of the images skipped so far."""
         return [self.records[i]["file_name"] for i in torch.nonzero(self._bad_image).flatten().tolist()]
 
+    def skipped_images(self) -> list:
+        """``[{"index", "image_id", "file_name", "reason"}]`` of the images skipped so far, in index order.
+
+        The marks are shared with the DataLoader workers but the messages are not, so the reason is found
+        again by decoding the image once more (a handful of files; evaluation reports them).
+        """
+        skipped = []
+        for index in torch.nonzero(self._bad_image).flatten().tolist():
+            record = self.records[index]
+            try:
+                self.load(index)
+                reason = "could not be read when it was needed"
+            except DataError as error:
+                reason = str(error)
+                prefix = f"{record['file_name']}: "
+                reason = reason[len(prefix):] if reason.startswith(prefix) else reason
+            skipped.append({"index": index, "image_id": int(record["image_id"]), "file_name": record["file_name"],
+                            "reason": reason})
+        return skipped
+
     def skip_summary(self) -> str:
         """One line for the training log, e.g. ``skipped 2 broken images and 5 broken annotations``."""
         return (f"skipped {self.num_skipped_images} broken image(s) and {self.num_skipped_annotations} "
@@ -153,7 +190,7 @@ class FashionDataset(torch.utils.data.Dataset):
         path = record["file_name"]
         try:
             image = read_image(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise DataError(f"{path}: cannot decode the image ({type(error).__name__}: {error})") from error
         height, width = image.shape[1:]
         if (height, width) != (record["height"], record["width"]):

@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from .categories import CategoryTable, load_category_table, resolve_category_map
-from .problems import DataError, Problems, build_annotation
+from .problems import DataError, Problems, build_annotation, image_path
 from .records import RecordSet
 
 __all__ = ["rle_decode", "rle_encode", "to_coco_rle", "parse_class_id", "load_label_descriptions",
@@ -164,6 +164,7 @@ def load_imaterialist(
     class_order: Optional[Sequence[str]] = None,
     recompute_boxes: bool = False,
     clip_boxes: bool = True,
+    allow_outside_images: bool = False,
     strict: bool = False,
     problems: Optional[Problems] = None,
 ) -> RecordSet:
@@ -208,8 +209,12 @@ def load_imaterialist(
                 continue
             record = records.get(image_name)
             if record is None:
+                image_file = image_path(str(images_dir), image_name, f"{where}.ImageId", problems,
+                                        allow_outside_images)
+                if image_file is None:
+                    continue
                 record = records[image_name] = {
-                    "file_name": os.path.join(str(images_dir), image_name),
+                    "file_name": image_file,
                     "image_id": len(records) + 1,
                     "height": height,
                     "width": width,

@@ -19,7 +19,8 @@ Formats and their adapters (one module each):
 Options shared by all formats: ``categories`` (class-table file or built-in name), ``drop``,
 ``merge``, ``class_order`` (see ``categories.py``), ``recompute_boxes``, ``clip_boxes``, ``strict``
 (raise at the first problem instead of warning and skipping it) and ``problems`` (a collector, see
-``problems.py``). ``"imaterialist"`` also takes ``label_descriptions``, ``"deepfashion2"``
+``problems.py``). ``"coco"`` also takes ``category_match`` and ``drop_duplicates``, ``"coco"`` and
+``"imaterialist"`` ``allow_outside_images``, ``"imaterialist"`` ``label_descriptions``, ``"deepfashion2"``
 ``image_extensions``.
 """
 from __future__ import annotations
@@ -70,6 +71,11 @@ def split_options(data_cfg, split: str) -> dict:
         "clip_boxes": bool(data_cfg["clip_boxes"]),
         "strict": bool(data_cfg["strict"]),
     }
+    if data_cfg["format"] in ("coco", "imaterialist"):  # DeepFashion2 lists its images folder itself
+        options["allow_outside_images"] = bool(data_cfg["allow_outside_images"])
+    if data_cfg["format"] == "coco":
+        options["category_match"] = data_cfg["category_match"]
+        options["drop_duplicates"] = bool(data_cfg["drop_duplicates"])
     if data_cfg["format"] == "imaterialist" and data_cfg["label_descriptions"]:
         options["label_descriptions"] = data_cfg["label_descriptions"]
     return {"format": data_cfg["format"], "annotations": annotations,

@@ -19,13 +19,14 @@ segmentation, box) or reports why it cannot.
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from dataclasses import dataclass, field
 
-from .records import is_number, polygon_error, rle_error, segmentation_box
+from .records import is_number, polygon_error, polygon_self_intersects, rle_error, segmentation_box
 
 __all__ = ["DataError", "DataWarning", "Problem", "Problems", "clean_box", "clean_segmentation",
-           "build_annotation"]
+           "build_annotation", "image_path"]
 
 MODES = ("raise", "warn", "collect")
 
@@ -51,10 +52,17 @@ class Problem:
 
 @dataclass
 class Problems:
-    """A collector of data problems; see the module docstring for the three modes."""
+    """A collector of data problems; see the module docstring for the three modes.
+
+    ``thorough`` turns on the checks that cost too much for every training run (the dataset checker sets
+    it): each polygon is tested for self-intersection. What they find are *notes*: warnings that do not
+    make the data unusable (``note``; kept in ``notes``, never raised).
+    """
 
     mode: str = "warn"
     items: list = field(default_factory=list)
+    thorough: bool = False
+    notes: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,6 +85,10 @@ class Problems:
         if self.mode == "warn":
             warnings.warn(f"{problem} ({action})", DataWarning, stacklevel=3)
 
+    def note(self, where: str, message: str) -> None:
+        """Remember a warning that leaves the item usable (shown by the checker, never raised)."""
+        self.notes.append(Problem(where, message))
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -87,6 +99,33 @@ class Problems:
 # ----------------------------------------------------------------------------------------------
 # Checks shared by the adapters: each reports what is wrong and returns None for a skipped item.
 # ----------------------------------------------------------------------------------------------
+def image_path(images_dir: str, file_name: str, where: str, problems: Problems,
+               allow_outside: bool = False):
+    """``images_dir`` joined with an annotation's ``file_name``, or None (reported) when it leaves the folder.
+
+    A name such as ``../../../../etc/hostname`` or an absolute path would make training read a file outside
+    the images folder: refused unless ``allow_outside`` (``data.allow_outside_images``). With no images
+    folder (``images_dir=""``: names as written) absolute names are allowed, and only names that climb
+    above the current folder with ``..`` are refused. Symbolic links are not followed (a linked images
+    folder is fine).
+    """
+    path = os.path.join(images_dir, file_name)
+    if allow_outside:
+        return path
+    if images_dir:
+        base = os.path.abspath(images_dir)
+        resolved = os.path.abspath(path)
+        inside = os.path.commonpath([base, resolved]) == base
+    else:
+        base, resolved = "the current folder", os.path.normpath(file_name)
+        inside = os.path.isabs(file_name) or not (resolved == os.pardir or resolved.startswith(os.pardir + os.sep))
+    if not inside:
+        problems.report(where, f"{file_name!r} resolves to {resolved}, outside the images folder {base}; "
+                               f"refused (set data.allow_outside_images=true to allow it)")
+        return None
+    return path
+
+
 def clean_box(value, box_format: str, height: int, width: int, where: str, problems: Problems,
               clip: bool = True):
     """Validate a source box and convert it to ``[x1, y1, x2, y2]`` floats, or report and return None.
@@ -125,9 +164,11 @@ def clean_box(value, box_format: str, height: int, width: int, where: str, probl
 def clean_segmentation(value, height: int, width: int, where: str, problems: Problems):
     """Validate a segmentation; return polygons (bad ones dropped) or the RLE dict, or None if unusable.
 
-    Polygons with fewer than 3 points, an odd coordinate count or non-numbers are reported one by one
-    and dropped; if none is left the annotation is unusable. An RLE dict must have the image's size;
-    compressed ``counts`` given as bytes become an ASCII str (records stay JSON-serializable).
+    Polygons with fewer than 3 points, an odd coordinate count, non-numbers or a vertex far outside the
+    image (``records.POLYGON_MARGIN``) are reported one by one and dropped; if none is left the
+    annotation is unusable. An RLE dict must have the image's size and runs that sum to it; compressed
+    ``counts`` given as bytes become an ASCII str (records stay JSON-serializable). In ``thorough`` mode
+    a self-intersecting polygon is noted (kept: pycocotools fills it by the even-odd rule).
     """
     if isinstance(value, dict):
         error = rle_error(value, height, width)
@@ -146,11 +187,14 @@ def clean_segmentation(value, height: int, width: int, where: str, problems: Pro
         return None
     polygons = []
     for i, polygon in enumerate(value):
-        error = polygon_error(polygon)
+        error = polygon_error(polygon, height, width)
         if error:
             problems.report(f"{where}[{i}]", error)
-        else:
-            polygons.append(list(map(float, polygon)))
+            continue
+        if problems.thorough and polygon_self_intersects(polygon):
+            problems.note(f"{where}[{i}]", "self-intersecting polygon (filled by the even-odd rule: "
+                                           "where its loops overlap is left out)")
+        polygons.append(list(map(float, polygon)))
     return polygons or None
 
 

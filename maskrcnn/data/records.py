@@ -52,6 +52,8 @@ __all__ = [
     "masks_to_boxes",
     "xywh_to_xyxy",
     "polygon_error",
+    "polygon_self_intersects",
+    "compressed_counts",
     "rle_error",
     "clean_segmentation",
     "clean_box",
@@ -69,6 +71,7 @@ class RecordSet:
         source: where the records came from (annotation file or folder), for messages.
         attribute_names, attribute_source_ids: the A attributes the model predicts and their source ids
             (``attributes.AttributeTable``; empty when ``data.attributes`` is off).
+        num_duplicates: exact duplicate annotations found while loading (``maskrcnn.data.duplicates``).
     """
 
     records: list = field(default_factory=list)
@@ -76,6 +79,7 @@ class RecordSet:
     source: str = ""
     attribute_names: list = field(default_factory=list)
     attribute_source_ids: list = field(default_factory=list)
+    num_duplicates: int = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -103,8 +107,18 @@ def is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def polygon_error(polygon) -> str | None:
-    """Why ``polygon`` is not a flat ``[x0, y0, x1, y1, ...]`` list of >= 3 finite points, or None if it is."""
+# A polygon vertex may lie outside its image (annotators click past the edge), but not by more than
+# this many image sides: pycocotools rasterizes at the coordinates' scale, so a coordinate such as 1e12
+# crashes it and 3e8 takes tens of gigabytes. Checked before any rasterization.
+POLYGON_MARGIN = 1.0
+
+
+def polygon_error(polygon, height: int | None = None, width: int | None = None) -> str | None:
+    """Why ``polygon`` is not a flat ``[x0, y0, x1, y1, ...]`` list of >= 3 finite points, or None if it is.
+
+    With the image's ``height`` and ``width`` it also checks that every vertex lies within
+    ``POLYGON_MARGIN`` image sides of the image: x in [-w, 2w], y in [-h, 2h] for a margin of 1.
+    """
     if not isinstance(polygon, (list, tuple)) or not all(map(is_number, polygon)):
         return "expected a flat list of numbers [x0, y0, x1, y1, ...]"
     if not all(map(math.isfinite, polygon)):
@@ -113,11 +127,76 @@ def polygon_error(polygon) -> str | None:
         return f"odd number of coordinates ({len(polygon)})"
     if len(polygon) < 6:
         return f"polygon with fewer than 3 points ({len(polygon) // 2})"
+    if height is not None and width is not None:
+        for axis, side, values in (("x", width, polygon[0::2]), ("y", height, polygon[1::2])):
+            low, high = -POLYGON_MARGIN * side, (1.0 + POLYGON_MARGIN) * side
+            outside = [v for v in values if not low <= v <= high]
+            if outside:
+                return (f"{axis} coordinate {outside[0]:g} lies far outside the {width}x{height} image "
+                        f"(allowed {low:g}..{high:g}); not rasterized")
     return None
 
 
+def polygon_self_intersects(polygon) -> bool:
+    """True when two non-adjacent edges of the closed polygon ``[x0, y0, x1, y1, ...]`` cross.
+
+    pycocotools fills a crossing polygon by the even-odd rule, so a figure-eight loses the area where
+    its loops overlap. Only proper crossings count (touching endpoints and collinear overlaps do not).
+    """
+    points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)  # (n, 2)
+    n = len(points)
+    if n < 4:
+        return False
+    start, end = points, np.roll(points, -1, axis=0)  # edge k runs from points[k] to points[k + 1]
+    i, j = np.triu_indices(n, k=2)  # pairs of edges that do not share a vertex ...
+    keep = ~((i == 0) & (j == n - 1))  # ... except the first and the last, which share points[0]
+    i, j = i[keep], j[keep]
+
+    def side(a, b, c):  # sign of the cross product (b - a) x (c - a), per pair
+        return np.sign((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+
+    p1, p2, q1, q2 = start[i], end[i], start[j], end[j]
+    crossing = (side(p1, p2, q1) * side(p1, p2, q2) < 0) & (side(q1, q2, p1) * side(q1, q2, p2) < 0)
+    return bool(crossing.any())
+
+
+def compressed_counts(counts) -> list:
+    """Decode the run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString`` format).
+
+    Each run is a little-endian sequence of 6-bit characters (``chr(48 + value)``): 5 payload bits and a
+    continuation bit (32); the last character's bit 16 is the sign. From the third run on, a run is
+    stored as the difference to the run two places before it. Raises ValueError for a character outside
+    that alphabet (a non-ASCII or corrupted string) or an unterminated run.
+    """
+    text = counts.decode("latin-1") if isinstance(counts, bytes) else counts
+    runs, position = [], 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text):
+                raise ValueError("the string ends in the middle of a run")
+            code = ord(text[position]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"character {text[position]!r} at position {position} is not part of the "
+                                 f"compressed RLE alphabet (chr(48)..chr(111))")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position += 1
+            shift += 5
+            if not more and code & 0x10:
+                value |= -1 << shift  # sign-extend
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
 def rle_error(rle, height: int, width: int) -> str | None:
-    """Why ``rle`` is not a COCO RLE dict of size (height, width) (as "field: reason"), or None if it is."""
+    """Why ``rle`` is not a COCO RLE dict of size (height, width) (as "field: reason"), or None if it is.
+
+    The runs must be non-negative and sum to height * width: a compressed RLE whose runs overflow its
+    size would otherwise decode into pixels outside the image (and a box far outside it).
+    """
     size, counts = rle.get("size"), rle.get("counts")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_number(v) for v in size)):
         return f"size: expected [height, width], got {size!r}"
@@ -126,19 +205,30 @@ def rle_error(rle, height: int, width: int) -> str | None:
     if isinstance(counts, list):
         if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in counts):
             return "counts: expected non-negative integers"
-        if sum(counts) != height * width:
-            return f"counts: runs sum to {sum(counts)}, expected height*width = {height * width}"
-    elif not isinstance(counts, (str, bytes)):
+        runs = counts
+    elif isinstance(counts, (str, bytes)):
+        try:
+            runs = compressed_counts(counts)
+        except ValueError as e:
+            return f"counts: not a compressed RLE string: {e}"
+        if any(run < 0 for run in runs):
+            return "counts: a run has negative length (corrupted string)"
+    else:
         return "counts: expected a string (compressed) or a list (uncompressed)"
+    total = sum(runs)
+    if total != height * width:
+        verb = "overflow" if total > height * width else "fall short of"
+        return f"counts: runs sum to {total} pixels and {verb} the image's height*width = {height * width}"
     return None
 
 
-def _check_polygons(polygons, where: str) -> None:
-    """Raise ValueError unless ``polygons`` is a non-empty list of flat [x, y, ...] lists of >= 3 points."""
+def _check_polygons(polygons, where: str, height: int | None = None, width: int | None = None) -> None:
+    """Raise ValueError unless ``polygons`` is a non-empty list of flat [x, y, ...] lists of >= 3 points
+    (within ``POLYGON_MARGIN`` of the image when its size is given)."""
     if not isinstance(polygons, list) or not polygons:
         raise ValueError(f"{where}: expected a non-empty list of polygons")
     for i, polygon in enumerate(polygons):
-        error = polygon_error(polygon)
+        error = polygon_error(polygon, height, width)
         if error:
             raise ValueError(f"{where}[{i}]: {error}")
 
@@ -160,7 +250,7 @@ def _to_rle(segmentation, height: int, width: int, where: str) -> dict:
         if isinstance(counts, str):
             counts = counts.encode("ascii")
         return {"size": [int(height), int(width)], "counts": counts}
-    _check_polygons(segmentation, where)
+    _check_polygons(segmentation, where, height, width)  # before pycocotools sees a coordinate
     # Note: pycocotools would read a 4-number "polygon" as a box; _check_polygons rules that out.
     rles = coco_mask.frPyObjects([list(map(float, p)) for p in segmentation], height, width)
     return coco_mask.merge(rles)
@@ -322,7 +412,7 @@ def validate_record(record: Any, where: str = "record") -> None:
         if isinstance(seg, dict):
             _check_rle(seg, height, width, f"{at}.segmentation")
         else:
-            _check_polygons(seg, f"{at}.segmentation")
+            _check_polygons(seg, f"{at}.segmentation", height, width)
 
 
 # EXIF orientations 5-8 rotate the picture by 90 degrees, so the displayed size is (width, height).

@@ -24,7 +24,12 @@ One evaluation, in a single process or across ranks:
      "segm": {... the same for masks ...},
      "confusion": {"labels": ["background", names...], "matrix": [[...]], "iou_type", "iou_thresh",
                    "score_thresh"},
-     "num_images": int, "num_predictions": int}
+     "num_images": int, "num_predictions": int,
+     "num_images_total": int, "skipped_images": [{"image_id", "file_name", "reason"}, ...]}
+
+Images that could not be decoded (``skipped``) are taken out of the ground truth before scoring, so
+their objects do not count as misses, and the report says so: ``evaluated on N of M images; skipped:
+FILE (reason)``.
 
 ``write_report`` saves it as ``evaluation.json``, ``per_class_{type}.csv``, ``pr_curve_{type}.csv``,
 ``confusion_matrix.csv`` and, unless turned off, PNG pictures of the curves and the matrix.
@@ -147,6 +152,7 @@ def evaluate(
     mask_threshold: float = 0.5,
     confusion_iou_thresh: float = 0.5,
     confusion_score_thresh: float = 0.5,
+    skipped: Sequence[Mapping] = (),
 ) -> dict:
     """COCO AP for each of ``iou_types``, per-class AP, PR curves and the confusion matrix (see module doc).
 
@@ -156,6 +162,8 @@ def evaluate(
             ``mask_threshold``) or already encoded ones. Images without an entry have no detections.
         class_names: K names; ``class_names[i]`` is label ``i + 1``.
         output_dir: when given, ``write_report`` saves the files there.
+        skipped: images that could not be decoded, ``{"image_id", "file_name", "reason"}`` each: removed
+            from the ground truth (with their objects) and listed in the report.
     Returns the report dict. The confusion matrix uses mask IoU when ``'segm'`` is evaluated, else box IoU.
     """
     for iou_type in iou_types:
@@ -167,10 +175,15 @@ def evaluate(
         gt = prepare_coco_ground_truth(records_to_coco(ground_truth, class_names))
     if len(gt["categories"]) != len(class_names):
         raise ValueError(f"class_names: {len(class_names)} names for {len(gt['categories'])} ground-truth categories")
+    num_total = len(gt["images"])
+    gt = _without_images(gt, {int(s["image_id"]) for s in skipped})
     encoded = [encode_prediction(p, mask_threshold) for p in predictions]
     _check_predictions(gt, encoded, len(class_names))
 
-    report: Dict[str, Any] = {"num_images": len(gt["images"]), "num_predictions": sum(len(p["labels"]) for p in encoded)}
+    report: Dict[str, Any] = {"num_images": len(gt["images"]), "num_predictions": sum(len(p["labels"]) for p in encoded),
+                              "num_images_total": num_total,
+                              "skipped_images": [{"image_id": int(s["image_id"]), "file_name": str(s["file_name"]),
+                                                  "reason": str(s["reason"])} for s in skipped]}
     for iou_type in iou_types:
         report[iou_type] = coco_evaluate(gt, encoded, iou_type, class_names)
     matrix_type = "segm" if "segm" in iou_types else "bbox"
@@ -181,6 +194,30 @@ def evaluate(
     if output_dir is not None:
         write_report(report, output_dir, pictures=pictures)
     return report
+
+
+def _without_images(gt: dict, image_ids: set) -> dict:
+    """The ground truth without the images ``image_ids`` and their annotations (a new dict)."""
+    if not image_ids:
+        return gt
+    known = {image["id"] for image in gt["images"]}
+    unknown = sorted(image_ids - known)
+    if unknown:
+        raise ValueError(f"skipped: image ids {unknown[:5]} are not in the ground truth")
+    out = dict(gt)
+    out["images"] = [image for image in gt["images"] if image["id"] not in image_ids]
+    out["annotations"] = [ann for ann in gt["annotations"] if ann["image_id"] not in image_ids]
+    return out
+
+
+def images_line(report: Mapping) -> str:
+    """``evaluated on N of M images`` and, when images were skipped, ``; skipped: FILE (reason), ...``."""
+    total = report.get("num_images_total", report["num_images"])
+    line = f"evaluated on {report['num_images']} of {total} images"
+    skipped = report.get("skipped_images") or []
+    if skipped:
+        line += "; skipped: " + ", ".join(f"{s['file_name']} ({s['reason']})" for s in skipped)
+    return line
 
 
 def _check_predictions(gt: dict, encoded: Sequence[Mapping], num_classes: int) -> None:
@@ -206,8 +243,8 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def format_report(report: Mapping) -> str:
-    """The headline numbers and the per-class table as text, for the log."""
-    lines = []
+    """The image count (with any skipped image), the headline numbers and the per-class table, for the log."""
+    lines = [images_line(report)]
     for iou_type in IOU_TYPES:
         if iou_type not in report:
             continue

@@ -4,8 +4,9 @@ One evaluation (``run_evaluation``), as the trainer and ``train.py --eval-only``
 
     encoded = predict(model, dataset, device, rank, world_size)        # this rank's share of the images
     encoded = gather_predictions(encoded)                              # every rank's, on every rank
+    skipped = skipped_images(dataset)                                  # undecodable images, every rank's
     if rank == 0:
-        report = evaluate(records, encoded, class_names, ...)          # COCO AP, per-class AP, confusion
+        report = evaluate(records, encoded, class_names, skipped=skipped, ...)  # COCO AP, per class, confusion
         write_predictions_json("predictions.json", encoded, class_names)
         write_overlays("overlays/", records, encoded, class_names)
 
@@ -42,9 +43,11 @@ from maskrcnn.data import FashionDataset, collate, load_split
 from maskrcnn.engine.attribute_eval import evaluate_attributes, format_attribute_report, write_attribute_report
 from maskrcnn.engine.coco_format import encode_prediction
 from maskrcnn.engine.checkpoint import find_last_checkpoint, load_checkpoint
-from maskrcnn.engine.distributed import DistributedInfo, destroy_distributed, init_distributed, synchronize
+from maskrcnn.engine.distributed import (DistributedInfo, all_gather_object, destroy_distributed, init_distributed,
+                                        synchronize)
 from maskrcnn.engine.evaluation import evaluate, format_report, gather_predictions
-from maskrcnn.visualize import draw_instances, load_image
+from maskrcnn.data.dataset import decode_image
+from maskrcnn.visualize import draw_instances, to_pil_image
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -87,6 +90,18 @@ def predict(model: nn.Module, dataset: FashionDataset, device: torch.device, ran
     return encoded
 
 
+def skipped_images(dataset: FashionDataset) -> List[dict]:
+    """Every rank's undecodable images (``FashionDataset.skipped_images``), on every rank, once each, by image id.
+
+    Call on every rank after :func:`predict`: each rank only tried its own share of the images.
+    """
+    merged = {}
+    for rank_skipped in all_gather_object(dataset.skipped_images()):
+        for entry in rank_skipped:
+            merged.setdefault(entry["image_id"], {key: entry[key] for key in ("image_id", "file_name", "reason")})
+    return [merged[k] for k in sorted(merged)]
+
+
 def coco_detections(encoded: Sequence[Mapping], class_names: Sequence[str]) -> List[dict]:
     """Encoded predictions -> the COCO results list written to ``predictions.json`` (module docstring)."""
     detections = []
@@ -116,8 +131,10 @@ def write_overlays(folder: str, records: Sequence[Mapping], encoded: Sequence[Ma
     """Draw the detections scoring at least ``score_thresh`` on the first ``max_images`` images (by
     ``image_id``) as ``{folder}/{image_id}.png``; return the paths. ``max_images < 0`` draws them all.
 
-    Images whose longer side is under ``min_side`` pixels are enlarged by a whole factor first (pixels
-    repeated, boxes scaled), so that the tags and the legend of a small image do not cover its objects.
+    Images are decoded as training decodes them (``maskrcnn.data.dataset.decode_image``: 16-bit images
+    scaled, transparency composited on white). Images whose longer side is under ``min_side`` pixels are
+    enlarged by a whole factor first (pixels repeated, boxes scaled), so that the tags and the legend of a
+    small image do not cover its objects.
     """
     os.makedirs(folder, exist_ok=True)
     by_id = {record["image_id"]: record for record in records}
@@ -127,7 +144,7 @@ def write_overlays(folder: str, records: Sequence[Mapping], encoded: Sequence[Ma
     for pred in chosen:
         record = by_id[pred["image_id"]]
         keep = [i for i, score in enumerate(pred["scores"]) if score >= score_thresh]
-        image = load_image(record["file_name"])
+        image = to_pil_image(decode_image(record["file_name"]))  # (H, W, 3) uint8 or float in [0, 1] -> RGB
         factor = max(1, min_side // max(image.size))
         image = image.resize((image.width * factor, image.height * factor), resample=0)  # 0 = nearest
         masks = None
@@ -186,13 +203,14 @@ def run_evaluation(model: nn.Module, validation: ValidationSet, cfg, info: Distr
                       mask_threshold=cfg.eval.mask_threshold, num_workers=cfg.dataloader.num_workers,
                       autocast_dtype=autocast_dtype)
     encoded = gather_predictions(encoded)
+    skipped = skipped_images(validation.dataset)
     report = None
     if info.rank == 0:
         report = evaluate(validation.records, encoded, validation.class_names, iou_types=cfg.eval.iou_types,
                           output_dir=folder, pictures=cfg.eval.pictures, mask_threshold=cfg.eval.mask_threshold,
                           confusion_iou_thresh=cfg.eval.confusion_iou_thresh,
-                          confusion_score_thresh=cfg.eval.confusion_score_thresh)
-        print(f"evaluation on {len(validation.records)} validation images ({folder}):", flush=True)
+                          confusion_score_thresh=cfg.eval.confusion_score_thresh, skipped=skipped)
+        print(f"evaluation of the validation split ({folder}):", flush=True)
         print(format_report(report), flush=True)
         if cfg.model.num_attributes and validation.dataset.attribute_index:
             report["attributes"] = evaluate_attributes(validation.records, encoded, cfg.model.attribute_names,

@@ -206,6 +206,9 @@ class MultiScaleRoIAlign(nn.Module):
                     f"MultiScaleRoIAlign: features[{level}] must be (N, C, h, w) with the same N and C as "
                     f"features[0] {tuple(features[0].shape)}, got {tuple(feature.shape)}"
                 )
+        if num_images == 0:
+            raise ValueError("MultiScaleRoIAlign: zero images (features[0] has batch size 0, image_sizes is empty); "
+                             "pass at least one image")
         if len(boxes) != num_images or len(image_sizes) != num_images:
             raise ValueError(
                 f"MultiScaleRoIAlign: got {num_images} images in features but {len(boxes)} entries in boxes "

@@ -8,14 +8,20 @@ Problems found (each named by the file and the field, e.g.
 
 - from the annotation file, by the format's adapter (``maskrcnn.data``): malformed entries, duplicate
   image or annotation ids, annotations of unknown images, degenerate boxes, out-of-image boxes,
-  polygons with fewer than 3 points, RLEs of the wrong size, unknown categories;
+  polygons with fewer than 3 points or with vertices far outside the image, RLEs of the wrong size or
+  whose runs do not add up to it, corrupted (e.g. non-ASCII) RLE strings, unknown categories, category
+  names that disagree with the class table (this stops the check: exit 2), exact duplicate annotations
+  (``maskrcnn.data.duplicates``), file names that resolve outside the images folder;
 - here, per record: a missing or undecodable image, an image whose size differs from the annotation's
   ``height``/``width``, a mask with no pixel.
+
+Warnings that leave the data usable are listed apart and do not change the exit status: self-intersecting
+polygons (with their count). An empty split (no image) cannot be checked: exit 2.
 
 It then prints the instances and images per class, the number of images without instances, and
 instance-size statistics (mask area, with COCO's small < 32^2 <= medium < 96^2 <= large buckets).
 ``--show N`` writes ground-truth overlays (masks, boxes, tags, legend) of the first N images with
-instances. The exit status is 1 when a problem was found, 2 when the dataset cannot be read at all
+instances, decoded by the training decoder. The exit status is 1 when a problem was found, 2 when the dataset cannot be read at all
 (missing annotation file, bad config), 0 otherwise.
 """
 from __future__ import annotations
@@ -31,7 +37,8 @@ from pycocotools import mask as coco_mask
 
 from maskrcnn.data.load import load_dataset, split_options
 from maskrcnn.data.problems import Problems
-from maskrcnn.data.records import RecordSet, read_image_size, segmentation_to_rle
+from maskrcnn.data.dataset import decode_image
+from maskrcnn.data.records import RecordSet, segmentation_to_rle
 
 __all__ = ["CheckReport", "check_dataset", "check_records", "format_report", "write_overlays", "main"]
 
@@ -57,6 +64,7 @@ class CheckReport:
     per_class: list = field(default_factory=list)
     areas: list = field(default_factory=list)
     box_mask_disagreements: int = 0
+    notes: list = field(default_factory=list)
     dataset: Optional[RecordSet] = None
 
 
@@ -69,18 +77,18 @@ def _box_iou(a, b) -> float:
 
 
 def _check_image(record: dict, problems: Problems) -> None:
-    """Missing file, undecodable file, or a size that differs from the annotations."""
-    from PIL import Image
+    """Missing file, undecodable file, or a size that differs from the annotations.
 
+    The image is decoded by the training decoder (``maskrcnn.data.dataset.decode_image``), so what fails
+    here (a truncated file, a decompression bomb) is what training would skip.
+    """
     path = record["file_name"]
     where = f"{path} (image_id {record['image_id']})"
     if not os.path.isfile(path):
         problems.report(where, "missing image file")
         return
     try:
-        with Image.open(path) as image:
-            image.load()  # decode every pixel, not just the header
-        height, width = read_image_size(path)
+        height, width = decode_image(path).shape[:2]  # every pixel, EXIF orientation applied
     except Exception as e:  # Pillow raises several types for broken files
         problems.report(where, f"undecodable image: {e}")
         return
@@ -129,12 +137,13 @@ def check_records(dataset: RecordSet, problems: Problems, check_images: bool = T
     report.per_class = [(k, name, int(instances[k]), int(images[k]))
                         for k, name in enumerate(dataset.class_names, start=1)]
     report.problems = list(problems.items)
+    report.notes = list(problems.notes)
     return report
 
 
 def check_dataset(format: str, annotations, images_dir="", check_images: bool = True, **options) -> CheckReport:
     """Load a split with every problem collected (nothing raised, boxes not clipped) and check it."""
-    problems = Problems("collect")
+    problems = Problems("collect", thorough=True)
     options = {**options, "problems": problems, "clip_boxes": False, "strict": False}
     dataset = load_dataset(format, annotations, images_dir, **options)
     return check_records(dataset, problems, check_images=check_images)
@@ -160,6 +169,12 @@ def format_report(report: CheckReport, max_problems: int = 200) -> str:
         lines.append(f"instance mask area (pixels): min {areas.min()}  median {np.median(areas):.0f}  "
                      f"mean {areas.mean():.1f}  max {areas.max()}")
         lines.append(f"COCO size buckets: small {small}  medium {medium}  large {len(areas) - small - medium}")
+    if report.notes:
+        lines.append(f"warnings: {len(report.notes)} (the data stays usable)")
+        for note in report.notes[:max_problems]:
+            lines.append(f"  {note}")
+        if len(report.notes) > max_problems:
+            lines.append(f"  ... and {len(report.notes) - max_problems} more")
     if report.box_mask_disagreements:
         lines.append(f"note: {report.box_mask_disagreements} boxes disagree with their masks (IoU < 0.9); "
                      f"data.recompute_boxes=true replaces them by the masks' boxes")
@@ -167,7 +182,10 @@ def format_report(report: CheckReport, max_problems: int = 200) -> str:
 
 
 def write_overlays(dataset: RecordSet, out_dir: str, count: int) -> list:
-    """Ground-truth overlays of the first ``count`` images with instances; returns the written paths."""
+    """Ground-truth overlays of the first ``count`` images with instances; returns the written paths.
+
+    Images are decoded as training decodes them (16-bit images scaled, transparency composited on white).
+    """
     from maskrcnn.visualize import draw_record
 
     os.makedirs(out_dir, exist_ok=True)
@@ -178,7 +196,7 @@ def write_overlays(dataset: RecordSet, out_dir: str, count: int) -> list:
         if not record["annotations"]:
             continue
         try:
-            picture = draw_record(record, dataset.class_names)
+            picture = draw_record(record, dataset.class_names, image=decode_image(record["file_name"]))
         except Exception:  # a broken image is already in the problem list
             continue
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
@@ -249,6 +267,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report = check_dataset(format, annotations, images_dir, check_images=not args.no_images, **options)
         except (ValueError, FileNotFoundError) as e:  # a file that cannot be read at all
             print(f"error: {e}", file=sys.stderr)
+            return 2
+        if report.num_images == 0:
+            print(f"error: {annotations}: the {split + ' ' if split else ''}split has no images; "
+                  f"nothing to train or evaluate on", file=sys.stderr)
             return 2
         print(format_report(report, args.max_problems))
         found += len(report.problems)

@@ -92,3 +92,45 @@ def test_arguments_are_checked():
         main([])
     with pytest.raises(SystemExit):
         main(["--annotations", CORRUPT_JSON])
+
+
+def test_an_empty_split_is_refused(tmp_path, capsys):
+    path = tmp_path / "empty_val.json"
+    path.write_text('{"images": [], "annotations": [], "categories": [{"id": 1, "name": "bag"}]}')
+    assert main(["--format", "coco", "--annotations", str(path), "--no-images"]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: the split has no images; nothing to train or evaluate on\n")
+
+
+def _decoder_cases(tmp_path):
+    """A 16-bit greyscale PNG at half intensity and an RGBA PNG whose transparent pixels hide pure red."""
+    import numpy as np
+
+    gray16 = tmp_path / "gray16.png"
+    Image.fromarray(np.full((40, 60), 32768, dtype=np.uint16)).save(gray16)
+    rgba = tmp_path / "rgba.png"
+    pixels = np.zeros((40, 60, 4), dtype=np.uint8)
+    pixels[..., 0] = 255  # red, fully transparent
+    Image.fromarray(pixels, "RGBA").save(rgba)
+    return gray16, rgba
+
+
+def test_show_decodes_like_training(tmp_path):
+    """--show overlays: a 16-bit image is mid-grey (not white) and transparency is white (not the hidden red)."""
+    import json as json_module
+
+    gray16, rgba = _decoder_cases(tmp_path)
+    data = {"images": [{"id": 1, "file_name": gray16.name, "height": 40, "width": 60},
+                       {"id": 2, "file_name": rgba.name, "height": 40, "width": 60}],
+            "annotations": [{"id": k, "image_id": k, "category_id": 1, "bbox": [50, 30, 8, 8], "iscrowd": 0,
+                             "segmentation": [[50, 30, 58, 30, 58, 38, 50, 38]]} for k in (1, 2)],
+            "categories": [{"id": 1, "name": "bag"}]}
+    path = tmp_path / "a.json"
+    path.write_text(json_module.dumps(data))
+    out = tmp_path / "show"
+    assert main(["--format", "coco", "--annotations", str(path), "--images", str(tmp_path), "--show", "2",
+                 "--out", str(out)]) == 0
+    gray_picture = Image.open(out / "1_gray16.png").convert("RGB")
+    rgba_picture = Image.open(out / "2_rgba.png").convert("RGB")
+    # a pixel away from the instance (bottom right), the tag and the legend
+    assert gray_picture.getpixel((5, 35)) == (128, 128, 128)  # 32768 / 65535 -> 0.5 -> 128
+    assert rgba_picture.getpixel((5, 35)) == (255, 255, 255)

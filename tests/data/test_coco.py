@@ -154,3 +154,39 @@ def test_load_split_reads_the_config_data_section(tmp_path):
     assert train.records[1]["annotations"][0]["bbox"] == [6.0, 8.0, 14.0, 20.0]  # recomputed
     with pytest.raises(ValueError, match="data.val_annotations is not set"):
         load_split(load_config(str(config)), "val")
+
+
+def _coco_with_file_names(tmp_path, names):
+    data = {"images": [{"id": i + 1, "file_name": n, "height": 4, "width": 4} for i, n in enumerate(names)],
+            "annotations": [], "categories": [{"id": 1, "name": "top"}]}
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_file_names_outside_the_images_folder_are_refused(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    path = _coco_with_file_names(tmp_path, ["a.jpg", "../../../../etc/hostname", "/etc/passwd", "sub/../b.jpg"])
+    problems = Problems("collect")
+    dataset = load_dataset("coco", path, str(images), problems=problems)
+    climbed = os.path.abspath(os.path.join(str(images), "../../../../etc/hostname"))
+    assert [r["file_name"] for r in dataset.records] == [os.path.join(str(images), "a.jpg"),
+                                                         os.path.join(str(images), "sub/../b.jpg")]
+    assert [str(p) for p in problems] == [
+        f"{path}: images[1].file_name: '../../../../etc/hostname' resolves to {climbed}, outside the images "
+        f"folder {images}; refused (set data.allow_outside_images=true to allow it)",
+        f"{path}: images[2].file_name: '/etc/passwd' resolves to /etc/passwd, outside the images folder {images}; "
+        f"refused (set data.allow_outside_images=true to allow it)"]
+    allowed = load_dataset("coco", path, str(images), allow_outside_images=True)
+    assert len(allowed.records) == 4
+    with pytest.raises(DataError, match=r"images\[1\].file_name: '../../../../etc/hostname' resolves to"):
+        load_dataset("coco", path, str(images), strict=True)
+
+
+def test_without_an_images_folder_only_climbing_names_are_refused(tmp_path):
+    path = _coco_with_file_names(tmp_path, ["a.jpg", "/data/b.jpg", "../c.jpg"])
+    problems = Problems("collect")
+    dataset = load_dataset("coco", path, "", problems=problems)
+    assert [r["file_name"] for r in dataset.records] == ["a.jpg", "/data/b.jpg"]
+    assert [p.where for p in problems] == [f"{path}: images[2].file_name"]

@@ -185,7 +185,7 @@ def test_broken_annotations_are_dropped_with_a_warning_naming_them(tmp_path):
         dict(RECTANGLE, category_id=9),  # unknown class
         dict(RECTANGLE, bbox=[3.0, 2.0, 3.0, 5.0]),  # zero width
         dict(RLE_INSTANCE, segmentation={"size": [5, 8], "counts": [14, 3, 3, 2, 18]}),  # RLE of the wrong size
-        dict(RECTANGLE, segmentation=[[20, 20, 25, 20, 25, 25]]),  # polygon entirely outside: empty mask
+        dict(RECTANGLE, segmentation=[[9, 7, 12, 7, 12, 9]]),  # polygon entirely outside: empty mask
     ]
     dataset = FashionDataset([make_record(path, annotations=annotations)], num_classes=2)
     with pytest.warns(DataWarning) as caught:
@@ -248,3 +248,22 @@ def test_augmentation_is_reproducible_per_seed_epoch_and_index(tmp_path):
 def _tight(mask):
     ys, xs = np.nonzero(mask)
     return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+def test_a_decompression_bomb_is_skipped_and_counted(tmp_path, monkeypatch):
+    bomb, good = tmp_path / "bomb.png", tmp_path / "good.png"
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(bomb)
+    Image.new("RGB", (4, 3), (200, 100, 0)).save(good)
+    # Pillow refuses images above twice MAX_IMAGE_PIXELS: 8x6 = 48 pixels > 2 * 20, 4x3 = 12 pixels is fine
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    records = [make_record(bomb, image_id=1), make_record(good, image_id=2, height=3, width=4)]
+    dataset = FashionDataset(records)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image, target = dataset[0]
+    assert target["image_id"] == 2  # the next good image took its place
+    assert dataset.num_skipped_images == 1 and dataset.skipped_files() == [str(bomb)]
+    messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(messages) == 1
+    assert messages[0].startswith(f"{bomb}: cannot decode the image (DecompressionBombError: ")
+    assert messages[0].endswith("(image skipped)")

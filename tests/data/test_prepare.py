@@ -137,3 +137,15 @@ def test_paperdoll_without_lmdb_says_how_to_install(monkeypatch, capsys, tmp_pat
     status = paperdoll.main(["--lmdb", str(tmp_path), "--annotations", "x.json", "--out", str(tmp_path)])
     assert status == 2
     assert "pip install lmdb" in capsys.readouterr().err
+
+
+def test_modanet_split_of_a_tiny_set_that_leaves_val_empty_stops(tmp_path, capsys):
+    source = tmp_path / "tiny.json"
+    source.write_text(json.dumps(modanet_like([(1, 2), (9, 3)])))  # round(0.1 * 2) = round(0.1 * 3) = 0
+    split = script("prepare_modanet_split")
+    out = tmp_path / "out"
+    assert split.main(["--annotations", str(source), "--val-fraction", "0.1", "--out-dir", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {source}: --val-fraction 0.1 puts 0 of the 5 images in val (each category's share is rounded "
+        f"per stratum); use a larger --val-fraction or more images\n")
+    assert not out.exists()  # nothing written

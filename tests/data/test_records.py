@@ -179,8 +179,9 @@ def test_clean_segmentation_drops_bad_polygons_only():
     assert kept == [[0.0, 0.0, 4.0, 0.0, 4.0, 4.0]]
     assert [str(p) for p in problems] == ["s[1]: polygon with fewer than 3 points (2)"]
     assert clean_segmentation([[1, 1, 2, 2]], 5, 5, "t", problems) is None
-    rle = clean_segmentation({"size": [5, 5], "counts": b"abc"}, 5, 5, "u", problems)
-    assert rle == {"size": [5, 5], "counts": "abc"}
+    # pycocotools' encoding of a 5x5 mask with rows 1-2, columns 1-3 set: runs 6 2 3 2 3 2 7 (sum 25).
+    rle = clean_segmentation({"size": [5, 5], "counts": b"6230004"}, 5, 5, "u", problems)
+    assert rle == {"size": [5, 5], "counts": "6230004"}
 
 
 def test_segmentation_box_from_runs_equals_the_decoded_mask_box():

@@ -245,3 +245,61 @@ def test_write_report_without_pictures(gt, tmp_path):
     report = evaluate(gt, perfect_predictions(gt), CLASS_NAMES)
     written = write_report(report, str(tmp_path), pictures=False)
     assert not any(p.endswith(".png") for p in written) and len(written) == 6
+
+
+def test_skipped_images_leave_the_ground_truth(gt):
+    """An undecodable image's objects are not misses: perfect predictions on the rest score AP 1."""
+    broken = gt["images"][0]
+    predictions = [p for p in perfect_predictions(gt) if p["image_id"] != broken["id"]]
+    unfair = evaluate(gt, predictions, CLASS_NAMES)
+    assert unfair["segm"]["AP"] < 1.0  # the broken image's objects counted as misses
+    skipped = [{"image_id": broken["id"], "file_name": "val/broken.jpg", "reason": "cannot decode the image"}]
+    report = evaluate(gt, predictions, CLASS_NAMES, skipped=skipped)
+    assert report["segm"]["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert report["bbox"]["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert (report["num_images"], report["num_images_total"]) == (len(gt["images"]) - 1, len(gt["images"]))
+    assert report["skipped_images"] == skipped
+    assert format_report(report).splitlines()[0] == (
+        f"evaluated on {len(gt['images']) - 1} of {len(gt['images'])} images; skipped: val/broken.jpg "
+        f"(cannot decode the image)")
+    assert format_report(evaluate(gt, perfect_predictions(gt), CLASS_NAMES)).splitlines()[0] == (
+        f"evaluated on {len(gt['images'])} of {len(gt['images'])} images")
+    with pytest.raises(ValueError, match=r"skipped: image ids \[999\] are not in the ground truth"):
+        evaluate(gt, predictions, CLASS_NAMES, skipped=[{"image_id": 999, "file_name": "x", "reason": "y"}])
+
+
+def test_validation_lists_the_undecodable_images_with_their_reason(tmp_path):
+    from maskrcnn.data.dataset import FashionDataset
+    from maskrcnn.engine.validation import skipped_images
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 6)).save(good)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    records = [{"file_name": str(broken), "image_id": 7, "height": 6, "width": 8, "annotations": []},
+               {"file_name": str(good), "image_id": 8, "height": 6, "width": 8, "annotations": []}]
+    dataset = FashionDataset(records)
+    with pytest.warns(UserWarning, match="broken.jpg: cannot decode the image"):
+        image, target = dataset[0]
+    assert target["image_id"] == 8
+    [entry] = skipped_images(dataset)
+    assert (entry["image_id"], entry["file_name"]) == (7, str(broken))
+    assert entry["reason"] == "cannot decode the image (OSError: Truncated File Read)"
+
+
+def test_prediction_overlays_decode_like_training(tmp_path):
+    from maskrcnn.engine.validation import write_overlays
+
+    gray16 = tmp_path / "gray16.png"
+    Image.fromarray(np.full((400, 600), 32768, dtype=np.uint16)).save(gray16)
+    rgba = tmp_path / "rgba.png"
+    pixels = np.zeros((400, 600, 4), dtype=np.uint8)
+    pixels[..., 0] = 255  # pure red, fully transparent: training composites it on white
+    Image.fromarray(pixels, "RGBA").save(rgba)
+    records = [{"file_name": str(gray16), "image_id": 1, "height": 400, "width": 600, "annotations": []},
+               {"file_name": str(rgba), "image_id": 2, "height": 400, "width": 600, "annotations": []}]
+    empty = {"boxes": [], "labels": [], "scores": [], "masks": None}
+    paths = write_overlays(str(tmp_path / "overlays"), records, [dict(empty, image_id=1), dict(empty, image_id=2)],
+                           CLASS_NAMES)
+    assert Image.open(paths[0]).convert("RGB").getpixel((300, 200)) == (128, 128, 128)  # not white
+    assert Image.open(paths[1]).convert("RGB").getpixel((300, 200)) == (255, 255, 255)  # not red

@@ -173,3 +173,11 @@ def test_bad_inputs(fixture):
         MultiScaleRoIAlign(0, 2)
     with pytest.raises(ValueError, match="boxes"):
         assign_fpn_levels(torch.zeros(3, 5))
+
+
+def test_zero_images_name_the_argument():
+    """A batch of zero images is refused with a message naming the argument (not 'max() arg is empty')."""
+    pooler = MultiScaleRoIAlign(output_size=7, sampling_ratio=2)
+    features = [torch.zeros(0, 4, 8, 8), torch.zeros(0, 4, 4, 4)]
+    with pytest.raises(ValueError, match=r"zero images \(features\[0\] has batch size 0, image_sizes is empty\)"):
+        pooler(features, [], [])
