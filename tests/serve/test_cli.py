@@ -32,7 +32,7 @@ def test_bad_weights_is_one_line_and_exit_2(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     done = run(["--weights", str(broken)])
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "is not a readable torch checkpoint" in done.stderr
+    assert f"{tmp_path / 'broken.pth'}: not a loadable checkpoint (" in done.stderr  # the file and the reason
 
 
 def test_bad_option_is_a_usage_error():
