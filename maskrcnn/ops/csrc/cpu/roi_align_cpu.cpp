@@ -61,10 +61,11 @@ void build_sample_table(const RoiBins<T>& bins, int out_h, int out_w, int height
 template <typename T>
 void check_batch_indices(const T* rois, int64_t num_rois, int64_t batch_size) {
   for (int64_t k = 0; k < num_rois; ++k) {
-    const int64_t batch_index = static_cast<int64_t>(rois[k * 5]);
-    TORCH_CHECK_INDEX(batch_index >= 0 && batch_index < batch_size, "roi_align: rois[", k,
-                      ", 0] = ", rois[k * 5], " is not a batch index of an input with ",
-                      batch_size, " images");
+    // tested before the cast: a NaN would pass a test on the cast value (undefined behaviour)
+    const bool valid = valid_batch_number(rois[k * 5]) &&
+                       static_cast<int64_t>(rois[k * 5]) < batch_size;
+    TORCH_CHECK_INDEX(valid, "roi_align: rois[", k, ", 0] = ", rois[k * 5],
+                      " is not a batch index of an input with ", batch_size, " images");
   }
 }
 
