@@ -246,7 +246,7 @@ def _native_build_options():
         cuda_state = f"built for {record['cuda_arch_list']}"
         variant = "cuda"
     if variant == "cpu" and require_cuda:
-        raise CudaRequired(f"error: MASKRCNN_REQUIRE_CUDA=1, but {cuda_state}")
+        raise CudaRequired(f"error: MASKRCNN_REQUIRE_CUDA=1, but the build would be {cuda_state}")
     if variant == "cpu" and force_cuda:
         _warn(f"FORCE_CUDA=1, but {cuda_state}")
     try:

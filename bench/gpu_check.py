@@ -135,7 +135,7 @@ def roi_align_both(device: str, dtype, aligned: bool, seed: int, small: bool):
     grad = torch.rand(k, c, 7, 7, generator=generator) - 0.5
     results = []
     for where in (device, "cpu"):
-        x = features.to(where, dtype).requires_grad_()
+        x = features.to(where, dtype).clone().requires_grad_()  # a leaf of its own on each device
         out = _native.RoIAlignFunction.apply(x, rois.to(where, dtype), (7, 7), 0.125, 2, aligned)
         out.backward(grad.to(where, dtype))
         results.append((out.detach().cpu().double(), x.grad.cpu().double()))
@@ -227,25 +227,31 @@ def synthetic_data(small: bool) -> Path:
     return DATA_DIR
 
 
-def train_overrides(device: str, small: bool, iterations: int) -> list[str]:
-    data = synthetic_data(small)
-    overrides = [
-        f"output_dir={TRAIN_DIR}", f"device={device}", "data.format=coco",
-        f"data.train_annotations={data / 'instances_train.json'}", f"data.train_images={data / 'train'}",
-        f"data.val_annotations={data / 'instances_val.json'}", f"data.val_images={data / 'val'}",
-        "model.num_classes=8", "model.weights=", f"solver.max_iter={iterations}", "solver.ims_per_batch=4",
-        # random weights: a gentle rate with warm-up and clipping keeps the losses finite
-        "solver.base_lr=0.01", "solver.warmup_iters=100", "solver.steps=[]", "solver.clip_grad_norm=10.0",
-        "solver.checkpoint_period=0", "eval.period=0", "eval.pictures=false", "train.overlays=0",
-        "train.tensorboard=false", "train.amp=bf16", "train.log_period=20", "dataloader.num_workers=4",
-    ]
-    if small:  # a CPU sanity run: the demo's small model at 96x160
+def model_overrides(small: bool) -> list[str]:
+    """The model (configs/base.yaml: R50-FPN at 800/1333) for the synthetic set's 8 classes; with
+    ``small``, a CPU sanity run's ResNet-18 at 96x160."""
+    overrides = ["model.num_classes=8", "model.weights="]
+    if small:
         overrides += ["input.min_size=96", "input.max_size=160", "model.backbone.depth=18",
                       "model.backbone.frozen_stages=0", "model.backbone.fpn_channels=64",
                       "model.rpn.pre_nms_top_n_train=300", "model.rpn.post_nms_top_n_train=150",
-                      "model.roi_heads.batch_size_per_image=64", "train.log_period=2",
-                      "dataloader.num_workers=0"]
+                      "model.roi_heads.batch_size_per_image=64"]
     return overrides
+
+
+def train_overrides(device: str, small: bool, iterations: int) -> list[str]:
+    data = synthetic_data(small)
+    return [
+        f"output_dir={TRAIN_DIR}", f"device={device}", "data.format=coco",
+        f"data.train_annotations={data / 'instances_train.json'}", f"data.train_images={data / 'train'}",
+        f"data.val_annotations={data / 'instances_val.json'}", f"data.val_images={data / 'val'}",
+        *model_overrides(small), f"solver.max_iter={iterations}", "solver.ims_per_batch=4",
+        # random weights: a gentle rate with warm-up and clipping keeps the losses finite
+        "solver.base_lr=0.01", "solver.warmup_iters=100", "solver.steps=[]", "solver.clip_grad_norm=10.0",
+        "solver.checkpoint_period=0", "eval.period=0", "eval.pictures=false", "train.overlays=0",
+        "train.tensorboard=false", "train.amp=bf16", f"train.log_period={2 if small else 20}",
+        f"dataloader.num_workers={0 if small else 4}",
+    ]
 
 
 def metrics_summary(metrics_path: Path) -> tuple[float, int, float]:
@@ -301,7 +307,7 @@ def step_infer(args) -> None:
     from maskrcnn.modeling import build_model
 
     device = torch.device(args.device)
-    cfg = load_config("configs/base.yaml", ["model.num_classes=8"])
+    cfg = load_config("configs/base.yaml", model_overrides(args.small))
     torch.manual_seed(0)
     model = build_model(cfg, load_weights=False)
     weights = "random weights"

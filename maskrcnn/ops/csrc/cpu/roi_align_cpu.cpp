@@ -12,6 +12,9 @@
 // buffer and transposes it into the (N, C, H, W) result, with a cache-blocked transpose (ATen's
 // strided copy in that direction is about three times slower).
 //
+// Threads: at::parallel_for, i.e. OpenMP threads, as many as torch.set_num_threads. It is an inline
+// OpenMP loop, so this file must be compiled and linked with torch's OpenMP flag (setup.py passes
+// -fopenmp); without it every loop below runs on one thread (tests/ops/test_native_threads.py).
 //   forward:  parallel over ROIs; a ROI's output block (C x out_h x out_w) stays in cache.
 //   backward: parallel over channel ranges. Different ROIs scatter into the same input pixels,
 //             but a thread owns a range of channels of grad_input, so no two threads ever write
