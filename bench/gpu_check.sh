@@ -41,13 +41,16 @@ fi
 rm -rf "$GPU_CHECK_WORK"
 mkdir -p "$LOGS"
 
+ROWS=()
+FAILED=0
 if ! "$PYTHON" -c "import pycocotools" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-
-ROWS=()
-FAILED=0
+if ! "$PYTHON" -c "import pycocotools" 2>/dev/null; then  # the steps that need it fail below, too
+    ROWS+=("| setup | FAILED | 0 s | pycocotools is not importable and .whl/ has no wheel of it (the data pipeline, train.py and the tests need it) |")
+    FAILED=1
+fi
 run_step() {  # run_step NAME CAP_SECONDS COMMAND...: one row of the table
     local name=$1 cap=$2
     shift 2

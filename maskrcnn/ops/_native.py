@@ -28,6 +28,11 @@ ROIAlign runs in float32 on the CPU and on the reference path (and returns the i
 CUDA kernel reads 16-bit values directly and accumulates in float32. NMS always compares float16 /
 bfloat16 boxes in float32, since it only returns indices.
 
+Importing this module warns (``RuntimeWarning``, once) in the two cases where the reference runs
+although the user meant the native kernels: the last build failed, or CUDA is available but the
+extension has CPU kernels only (the reason comes from the build record's ``cuda`` field, e.g.
+"CPU-only: CUDA build failed: <first compiler error>").
+
 ``python -m maskrcnn.doctor`` prints what :func:`extension_status` and :func:`choose_backend`
 say for this installation.
 """
