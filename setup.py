@@ -90,13 +90,15 @@ def openmp_flags(parallel_info, platform):
     return [], [], (f"OpenMP flags not set on {platform}: the CPU kernels run on one thread")
 
 
-_ERROR_LINE = re.compile(r"(\berror\b|\bError\b|undefined reference|fatal)")
+_ERROR_LINE = re.compile(r"(\berror\b|\bError\b|undefined reference|fatal|: not found)")
 
 
 def first_error_line(compiler_output, error):
     """The first line of the compiler's output that reports an error, else the exception's text."""
     for line in compiler_output.splitlines():
-        if _ERROR_LINE.search(line) and "Error compiling objects" not in line:
+        if " -c " in line or "Error compiling objects" in line:
+            continue  # a command line (its flags may say -Wno-error=...), or torch's summary
+        if _ERROR_LINE.search(line):
             return line.strip()
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[-1] if text else ''}"
@@ -285,9 +287,9 @@ def _native_build_options():
 
             try:
                 outcome = build_with_fallback(build, variant, cuda_state, require_cuda)
-            except CudaRequired:
-                self._write(record, {"status": "failed", "variant": "cuda",
-                                     "reason": "MASKRCNN_REQUIRE_CUDA=1 and the CUDA build failed"},
+            except CudaRequired as error:
+                self.inplace = inplace  # a failed build leaves it cleared: the record goes beside the module
+                self._write(record, {"status": "failed", "variant": "cuda", "reason": str(error.code)},
                             started)
                 raise
             if outcome["status"] == "failed":

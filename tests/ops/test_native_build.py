@@ -70,7 +70,7 @@ def test_this_torch_gets_openmp_flags_on_linux(setup_py):
 
 # --- the CUDA -> CPU fallback and its record ------------------------------------------------------
 
-NVCC_OUTPUT = """[1/7] c++ -c bindings.cpp
+NVCC_OUTPUT = """[1/7] c++ -Wno-error=deprecated -c bindings.cpp
 [2/7] /usr/local/cuda/bin/nvcc -c roi_align_kernel.cu
 /src/maskrcnn/ops/csrc/cuda/roi_align_kernel.cu(37): error: no suitable conversion function from "const __half" to "float" exists
           detected during:
@@ -85,6 +85,8 @@ def test_first_error_line_is_the_compilers(setup_py):
     assert setup_py.first_error_line(NVCC_OUTPUT, error) == (
         '/src/maskrcnn/ops/csrc/cuda/roi_align_kernel.cu(37): error: no suitable conversion function '
         'from "const __half" to "float" exists')
+    assert setup_py.first_error_line("[1/3] /nonexistent/c++ -c x.cpp\n/bin/sh: 1: /nonexistent/c++: not found\n",
+                                     error) == "/bin/sh: 1: /nonexistent/c++: not found"
     assert setup_py.first_error_line("[1/1] c++ -c x.cpp\n", error) == (
         "RuntimeError: Error compiling objects for extension")
 
