@@ -9,7 +9,7 @@ pure-PyTorch references on a small input. Example (a CPU machine, default instal
     torch              2.13.0+cpu (compiled without CUDA)
     CUDA               not available
     native extension   built: C++ CPU kernels only (_C.cpython-311-x86_64-linux-gnu.so)
-    last build         built, cpu variant, 52.3 s, for torch 2.13.0+cpu
+    last build         built, cpu variant, 18.5 s, for torch 2.13.0+cpu, cuda: CPU-only: torch 2.13.0+cpu was built without CUDA, openmp: OpenMP (-fopenmp), as torch's build
     MASKRCNN_NATIVE    unset (native kernels allowed)
     op         device  backend    why
     roi_align  cpu     native     C++ CPU kernel
@@ -17,6 +17,10 @@ pure-PyTorch references on a small input. Example (a CPU machine, default instal
     roi_align  cuda    -          no CUDA device
     nms        cuda    -          no CUDA device
     smoke test cpu     native vs reference: ok (roi_align fwd+bwd max difference 2e-16, nms ...)
+
+On a machine where CUDA is available but the extension was built with CPU kernels only (a CUDA
+build that failed, or no toolkit at install time), a ``WARNING`` line after "last build" says so
+and why; importing ``maskrcnn.ops`` warns once about it too.
 
 The exit status is 1 when a smoke test fails, else 0.
 """
@@ -53,6 +57,9 @@ def _build_line() -> str:
     if record.get("reason"):
         parts.append(record["reason"])
     parts.extend(record.get("notes", []))
+    for key in ("cuda", "openmp"):  # what became of the CUDA kernels, and the CPU kernels' threads
+        if record.get(key):
+            parts.append(f"{key}: {record[key]}")
     return ", ".join(parts)
 
 
@@ -116,6 +123,11 @@ def report() -> tuple[str, bool]:
         f"{'CUDA':<18} {_cuda_line()}",
         f"{'native extension':<18} {_native.extension_status()}",
         f"{'last build':<18} {_build_line()}",
+    ]
+    warning = _native.cuda_kernels_warning()
+    if warning is not None:  # a GPU the native kernels cannot use
+        lines.append(f"{'WARNING':<18} {warning.removeprefix('maskrcnn: ')}")
+    lines += [
         f"{_native.ENV_SWITCH:<18} {_switch_line()}",
         f"{'op':<10} {'device':<7} {'backend':<10} why",
     ]

@@ -178,6 +178,21 @@ def reduce_mean(values: Mapping[str, torch.Tensor]) -> Dict[str, float]:
     return {n: float(v) for n, v in zip(names, stacked.cpu().tolist())}
 
 
+def ddp_without_buffer_sync() -> Dict[str, bool]:
+    """Keyword arguments that stop ``DistributedDataParallel`` from broadcasting every buffer from
+    rank 0 at the start of each forward. The model's buffers (FrozenBatchNorm2d's statistics and
+    affine terms, constants) never change and every rank loads the same weights, so that broadcast
+    is pure communication. torch >= 2.13 names the switch ``forward_sync_buffers`` (buffers are
+    still synced once, when DDP is built) and deprecates ``broadcast_buffers``, which older torch
+    needs (it also skips that first sync: harmless for buffers that are equal on every rank)."""
+    import inspect
+
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def per_rank_batch_size(global_batch: int, world_size: int) -> int:
     """Images per process per iteration: ``global_batch / world_size``, which must divide exactly.
 

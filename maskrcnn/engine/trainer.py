@@ -78,7 +78,11 @@ from maskrcnn.engine.checkpoint import (
 from maskrcnn.engine.distributed import (
     DistributedInfo,
     all_gather_object,
+<<<<<<< HEAD
     configure_threads,
+=======
+    ddp_without_buffer_sync,
+>>>>>>> native
     destroy_distributed,
     init_distributed,
     per_rank_batch_size,
@@ -164,7 +168,8 @@ def enter_stage(model: nn.Module, stage: Stage, baseline: Dict[str, bool], optim
     if info.world_size == 1:
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,  # buffers are frozen:
+                                               **ddp_without_buffer_sync(),   # no broadcast per forward
                                                find_unused_parameters=find_unused_parameters)
 
 

@@ -28,6 +28,11 @@ ROIAlign runs in float32 on the CPU and on the reference path (and returns the i
 CUDA kernel reads 16-bit values directly and accumulates in float32. NMS always compares float16 /
 bfloat16 boxes in float32, since it only returns indices.
 
+Importing this module warns (``RuntimeWarning``, once) in the two cases where the reference runs
+although the user meant the native kernels: the last build failed, or CUDA is available but the
+extension has CPU kernels only (the reason comes from the build record's ``cuda`` field, e.g.
+"CPU-only: CUDA build failed: <first compiler error>").
+
 ``python -m maskrcnn.doctor`` prints what :func:`extension_status` and :func:`choose_backend`
 say for this installation.
 """
@@ -79,6 +84,32 @@ if _C is None and BUILD_RECORD is not None and BUILD_RECORD.get("status") == "fa
         RuntimeWarning,
         stacklevel=2,
     )
+
+
+def cuda_kernels_missing_message(cuda_available: bool, extension, record: Optional[dict]) -> Optional[str]:
+    """The warning for a machine whose GPU the extension cannot use: CUDA is available, the extension
+    is loaded, but it was built with CPU kernels only. None otherwise."""
+    if extension is None or extension.with_cuda or not cuda_available:
+        return None
+    why = (record or {}).get("cuda", "built without CUDA kernels")
+    return (
+        f"maskrcnn: CUDA is available but the native extension has CPU kernels only ({why}); "
+        "ROIAlign and NMS on CUDA tensors run the pure-PyTorch references (slower, and NMS loops "
+        "on the host). Rebuild with a CUDA toolkit (MASKRCNN_REQUIRE_CUDA=1 makes a failed CUDA "
+        "build an install error); see docs/native.md and `python -m maskrcnn.doctor`."
+    )
+
+
+def cuda_kernels_warning() -> Optional[str]:
+    """:func:`cuda_kernels_missing_message` for this process (asks CUDA only when it matters)."""
+    if _C is None or _C.with_cuda or torch.version.cuda is None:
+        return None
+    return cuda_kernels_missing_message(torch.cuda.is_available(), _C, BUILD_RECORD)
+
+
+_CUDA_WARNING = cuda_kernels_warning()
+if _CUDA_WARNING is not None:  # once: at the first import of maskrcnn.ops
+    warnings.warn(_CUDA_WARNING, RuntimeWarning, stacklevel=2)
 
 
 def native_enabled_by_env() -> bool:

@@ -143,6 +143,51 @@ def test_boxes_outside_the_map_read_zero_and_get_no_gradient(device):
     assert torch.equal(x.grad, torch.zeros_like(x.grad))
 
 
+NAN, INF = float("nan"), float("inf")
+NON_FINITE_BOXES = [[0, NAN, 1, 5, 5], [1, 1, NAN, 5, 5], [0, 1, 1, NAN, 5], [1, 1, 1, 5, NAN],
+                    [0, INF, 1, 5, 5], [1, -INF, 1, 5, 5], [0, 1, 1, INF, 5], [1, 1, -INF, 5, 5],
+                    [0, 1, 1, 5, INF], [1, -INF, -INF, INF, INF], [0, NAN, NAN, NAN, NAN]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_non_finite_boxes_pool_zeros_and_get_no_gradient(device, aligned, sampling_ratio):
+    """A box with a NaN or infinite corner pools zeros and gets a zero gradient (the documented
+    rule of roi_align_sampling.h: NaN samples read 0, a non-finite adaptive grid is empty). Before,
+    a NaN passed the `y < -1 || y > H` test and reached static_cast<int>: the CPU kernel crashed.
+    The finite boxes in between are unaffected: they match the reference, forward and backward
+    (the reference itself fails on NaN boxes, so it only sees the finite ones)."""
+    needs_cuda_kernels(device)
+    generator = torch.Generator().manual_seed(11)
+    x = torch.rand(2, 3, 10, 12, generator=generator, dtype=torch.float64).to(device)
+    finite = random_rois(len(NON_FINITE_BOXES), 2, 20, 24, generator, torch.float64)
+    rois = torch.stack([row for pair in zip(finite, torch.tensor(NON_FINITE_BOXES, dtype=torch.float64))
+                        for row in pair]).to(device)  # finite, non-finite, finite, ...
+    grad_weight = torch.rand(len(rois), 3, 3, 4, generator=generator, dtype=torch.float64).to(device)
+    xi = x.clone().requires_grad_()
+    out = native_roi_align(xi, rois, (3, 4), 0.5, sampling_ratio, aligned)
+    (out * grad_weight).sum().backward()
+    assert torch.equal(out[1::2], torch.zeros_like(out[1::2]))
+
+    xr = x.clone().requires_grad_()
+    expected = roi_align_reference(xr, rois[0::2], (3, 4), 0.5, sampling_ratio, aligned)
+    (expected * grad_weight[0::2]).sum().backward()
+    torch.testing.assert_close(out[0::2], expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(xi.grad, xr.grad, rtol=0, atol=1e-10)
+
+
+def test_nan_batch_index_is_rejected_on_the_cpu(native_extension):
+    x = torch.rand(2, 3, 8, 8)
+    for batch in (NAN, INF, -INF, -1.0, 2.0):
+        rois = torch.tensor([[0.0, 1, 1, 5, 5], [batch, 1, 1, 5, 5]])
+        with pytest.raises(IndexError, match=r"rois\[1, 0\] = .* is not a batch index"):
+            native_extension.roi_align_forward(x, rois, 1.0, 2, 2, 2, False)
+        with pytest.raises(IndexError, match=r"rois\[1, 0\] = .* is not a batch index"):
+            native_extension.roi_align_backward(torch.rand(2, 3, 2, 2), rois, 1.0, 2, 2, 2, 3, 8, 8,
+                                                2, False)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_tensors(device):
     needs_cuda_kernels(device)

@@ -15,6 +15,14 @@
 //     clamped into [0, H-1] and [0, W-1] before interpolation;
 //   * the bin's value is the sum over its samples divided by the number of samples, the zero
 //     contributions included (and by 1 when the grid is empty).
+// Non-finite boxes (torchvision leaves them undefined; a NaN reaching static_cast<int> is undefined
+// behaviour and, on x86, an out-of-bounds read). Every test below is written so that NaN fails it:
+//   * a sample whose y or x is NaN contributes 0, like one outside the map (so a box with a NaN or
+//     infinite corner pools zeros and gets a zero gradient with a fixed sampling_ratio);
+//   * an adaptive grid size that is NaN, negative or beyond int (an infinite box) is 0: the ROI
+//     samples nothing and pools zeros;
+//   * a batch index that is NaN or outside (-1, 2^31) becomes -1, "no image" (the CPU kernel
+//     raises on it, the CUDA kernel writes zeros).
 #pragma once
 
 #include <cmath>
@@ -41,12 +49,29 @@ struct RoiBins {
   T count;              // samples per bin, at least 1: the divisor of the average
 };
 
+// True when the float rois[k, 0] truncates to an int64 in [0, 2^31): a cast of NaN or of a value
+// out of range would be undefined behaviour. Upper bound: no batch holds 2^31 images.
+template <typename T>
+MASKRCNN_HOST_DEVICE bool valid_batch_number(T value) {
+  return value > static_cast<T>(-1) && value < static_cast<T>(2147483648.0);
+}
+
+// The adaptive number of samples along one axis of a bin, ceil(size of a bin in pixels). Computed
+// in double (exact for float inputs too). NaN and negative sizes give 0 (the reference's
+// clamp(min=0)); so does a size beyond int (an infinite box), which would otherwise be cast with
+// undefined behaviour, or take forever.
+template <typename T>
+MASKRCNN_HOST_DEVICE int adaptive_grid(T bin_size) {
+  const double samples = ceil(static_cast<double>(bin_size));
+  return (samples >= 0.0 && samples <= 2147483647.0) ? static_cast<int>(samples) : 0;
+}
+
 // roi points at [batch_index, x1, y1, x2, y2] in input-image pixels.
 template <typename T>
 MASKRCNN_HOST_DEVICE RoiBins<T> roi_bins(const T* roi, T spatial_scale, int out_h, int out_w,
                                          int sampling_ratio, bool aligned) {
   RoiBins<T> bins;
-  bins.batch_index = static_cast<int64_t>(roi[0]);
+  bins.batch_index = valid_batch_number(roi[0]) ? static_cast<int64_t>(roi[0]) : -1;
   const T offset = aligned ? static_cast<T>(0.5) : static_cast<T>(0.0);
   bins.start_x = roi[1] * spatial_scale - offset;
   bins.start_y = roi[2] * spatial_scale - offset;
@@ -55,17 +80,15 @@ MASKRCNN_HOST_DEVICE RoiBins<T> roi_bins(const T* roi, T spatial_scale, int out_
   T roi_w = end_x - bins.start_x;
   T roi_h = end_y - bins.start_y;
   if (!aligned) {  // the legacy (aligned=False) rule: no ROI smaller than one pixel
-    roi_w = roi_w > static_cast<T>(1) ? roi_w : static_cast<T>(1);
-    roi_h = roi_h > static_cast<T>(1) ? roi_h : static_cast<T>(1);
+    // written as std::max(roi_w, 1) is (roi_w < 1 ? 1 : roi_w), so that a NaN size stays NaN
+    roi_w = roi_w < static_cast<T>(1) ? static_cast<T>(1) : roi_w;
+    roi_h = roi_h < static_cast<T>(1) ? static_cast<T>(1) : roi_h;
   }
   bins.bin_h = roi_h / static_cast<T>(out_h);
   bins.bin_w = roi_w / static_cast<T>(out_w);
-  // ceil in double: exact for float inputs too, and free of float/double overload questions.
-  bins.grid_h = sampling_ratio > 0 ? sampling_ratio
-                                   : static_cast<int>(ceil(static_cast<double>(roi_h / out_h)));
-  bins.grid_w = sampling_ratio > 0 ? sampling_ratio
-                                   : static_cast<int>(ceil(static_cast<double>(roi_w / out_w)));
-  const int grid_points = bins.grid_h * bins.grid_w;
+  bins.grid_h = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_h / out_h);
+  bins.grid_w = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_w / out_w);
+  const int64_t grid_points = static_cast<int64_t>(bins.grid_h) * bins.grid_w;
   bins.count = static_cast<T>(grid_points > 1 ? grid_points : 1);
   return bins;
 }
@@ -94,11 +117,13 @@ struct BilinearTaps {
 };
 
 // Fills `taps` for the sample at (y, x) of a height x width plane. Returns false for a sample
-// outside [-1, H] x [-1, W]: its weights are 0 and its indices 0 (a harmless read).
+// outside [-1, H] x [-1, W] or at a NaN coordinate: its weights are 0 and its indices 0 (a harmless
+// read). The test is "not inside" rather than "outside" because every comparison with NaN is
+// false: written with < and >, a NaN would pass and reach static_cast<int> below.
 template <typename T>
 MASKRCNN_HOST_DEVICE bool bilinear_taps(T y, T x, int height, int width, BilinearTaps<T>& taps) {
-  if (y < static_cast<T>(-1.0) || y > static_cast<T>(height) || x < static_cast<T>(-1.0) ||
-      x > static_cast<T>(width)) {
+  if (!(y >= static_cast<T>(-1.0) && y <= static_cast<T>(height) && x >= static_cast<T>(-1.0) &&
+        x <= static_cast<T>(width))) {
     for (int corner = 0; corner < 4; ++corner) {
       taps.index[corner] = 0;
       taps.weight[corner] = static_cast<T>(0);

@@ -8,6 +8,8 @@
 // The boxes are first gathered into score order, one array per coordinate, so that the inner
 // loop reads memory sequentially and the compiler vectorizes it.
 // float16 / bfloat16 boxes are compared in float32 (half-precision IoU is too coarse).
+// Serial: whether box j survives depends on every earlier keep decision, so the scan is
+// sequential (the sort and gather before it are ATen ops, parallel on their own).
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>

@@ -12,6 +12,9 @@
 // buffer and transposes it into the (N, C, H, W) result, with a cache-blocked transpose (ATen's
 // strided copy in that direction is about three times slower).
 //
+// Threads: at::parallel_for, i.e. OpenMP threads, as many as torch.set_num_threads. It is an inline
+// OpenMP loop, so this file must be compiled and linked with torch's OpenMP flag (setup.py passes
+// -fopenmp); without it every loop below runs on one thread (tests/ops/test_native_threads.py).
 //   forward:  parallel over ROIs; a ROI's output block (C x out_h x out_w) stays in cache.
 //   backward: parallel over channel ranges. Different ROIs scatter into the same input pixels,
 //             but a thread owns a range of channels of grad_input, so no two threads ever write
@@ -61,10 +64,11 @@ void build_sample_table(const RoiBins<T>& bins, int out_h, int out_w, int height
 template <typename T>
 void check_batch_indices(const T* rois, int64_t num_rois, int64_t batch_size) {
   for (int64_t k = 0; k < num_rois; ++k) {
-    const int64_t batch_index = static_cast<int64_t>(rois[k * 5]);
-    TORCH_CHECK_INDEX(batch_index >= 0 && batch_index < batch_size, "roi_align: rois[", k,
-                      ", 0] = ", rois[k * 5], " is not a batch index of an input with ",
-                      batch_size, " images");
+    // tested before the cast: a NaN would pass a test on the cast value (undefined behaviour)
+    const bool valid = valid_batch_number(rois[k * 5]) &&
+                       static_cast<int64_t>(rois[k * 5]) < batch_size;
+    TORCH_CHECK_INDEX(valid, "roi_align: rois[", k, ", 0] = ", rois[k * 5],
+                      " is not a batch index of an input with ", batch_size, " images");
   }
 }
 

@@ -2,6 +2,7 @@
 // current stream, and launch-error checks. The kernels themselves are in roi_align_kernel.cu
 // (plain CUDA); bindings.cpp has already checked shapes, dtypes and devices.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -68,6 +69,9 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_output, const at::Tens
                                    double spatial_scale, int64_t out_h, int64_t out_w,
                                    int64_t batch_size, int64_t channels, int64_t height,
                                    int64_t width, int64_t sampling_ratio, bool aligned) {
+  // The kernel adds with atomicAdd, in an order that varies from run to run: under
+  // torch.use_deterministic_algorithms(True) this raises (or warns, with warn_only=True).
+  at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
   const c10::cuda::CUDAGuard device_guard(grad_output.device());
   const at::Tensor grad_output_c = grad_output.contiguous();
   const at::Tensor rois_c = rois.contiguous();

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../roi_align_sampling.h"
 #include "launchers.h"
@@ -30,12 +31,33 @@ int64_t num_blocks(int64_t total) {
   return std::min<int64_t>((total + kThreadsPerBlock - 1) / kThreadsPerBlock, kMaxBlocks);
 }
 
+// Conversions between the storage type T and the accumulation type, spelled out. torch's
+// BuildExtension compiles .cu files with -D__CUDA_NO_HALF_CONVERSIONS__ and
+// -D__CUDA_NO_BFLOAT16_CONVERSIONS__ (torch.utils.cpp_extension.COMMON_NVCC_FLAGS), which remove
+// the implicit conversions of __half and __nv_bfloat16, static_cast included.
+__device__ __forceinline__ float to_acc(__half value) { return __half2float(value); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 value) { return __bfloat162float(value); }
+__device__ __forceinline__ float to_acc(float value) { return value; }
+__device__ __forceinline__ double to_acc(double value) { return value; }
+
+// acc_t<T> -> T, rounding to nearest even.
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_t<T> value) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(value);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(value);
+  } else {
+    return value;
+  }
+}
+
 // The ROI's bins, with the five ROI numbers converted to the accumulation type first.
 template <typename T>
 __device__ RoiBins<acc_t<T>> load_roi_bins(const T* roi, acc_t<T> spatial_scale, int out_h,
                                            int out_w, int sampling_ratio, bool aligned) {
   acc_t<T> roi_acc[5];
-  for (int i = 0; i < 5; ++i) roi_acc[i] = static_cast<acc_t<T>>(roi[i]);
+  for (int i = 0; i < 5; ++i) roi_acc[i] = to_acc(roi[i]);
   return roi_bins(roi_acc, spatial_scale, out_h, out_w, sampling_ratio, aligned);
 }
 
@@ -57,7 +79,7 @@ __global__ void roi_align_forward_kernel(const T* input, const T* rois, int64_t 
     const RoiBins<Acc> bins =
         load_roi_bins(rois + roi * 5, spatial_scale, out_h, out_w, sampling_ratio, aligned);
     if (bins.batch_index < 0 || bins.batch_index >= batch_size) {
-      output[index] = static_cast<T>(Acc(0));
+      output[index] = from_acc<T>(Acc(0));
       continue;
     }
     const T* in = input + (bins.batch_index * channels + channel) * height * width;
@@ -67,13 +89,13 @@ __global__ void roi_align_forward_kernel(const T* input, const T* rois, int64_t 
       const Acc y = sample_y(bins, ph, iy);
       for (int ix = 0; ix < bins.grid_w; ++ix) {
         if (!bilinear_taps(y, sample_x(bins, pw, ix), height, width, taps)) continue;
-        sum += taps.weight[0] * static_cast<Acc>(in[taps.index[0]]) +
-               taps.weight[1] * static_cast<Acc>(in[taps.index[1]]) +
-               taps.weight[2] * static_cast<Acc>(in[taps.index[2]]) +
-               taps.weight[3] * static_cast<Acc>(in[taps.index[3]]);
+        sum += taps.weight[0] * to_acc(in[taps.index[0]]) +
+               taps.weight[1] * to_acc(in[taps.index[1]]) +
+               taps.weight[2] * to_acc(in[taps.index[2]]) +
+               taps.weight[3] * to_acc(in[taps.index[3]]);
       }
     }
-    output[index] = static_cast<T>(sum / bins.count);
+    output[index] = from_acc<T>(sum / bins.count);
   }
 }
 
@@ -97,7 +119,7 @@ __global__ void roi_align_backward_kernel(const T* grad_output, const T* rois, i
         load_roi_bins(rois + roi * 5, spatial_scale, out_h, out_w, sampling_ratio, aligned);
     if (bins.batch_index < 0 || bins.batch_index >= batch_size) continue;
     Acc* grad_in = grad_input + (bins.batch_index * channels + channel) * height * width;
-    const Acc grad_bin = static_cast<Acc>(grad_output[index]);
+    const Acc grad_bin = to_acc(grad_output[index]);
     BilinearTaps<Acc> taps;
     for (int iy = 0; iy < bins.grid_h; ++iy) {
       const Acc y = sample_y(bins, ph, iy);
