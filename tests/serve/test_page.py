@@ -23,8 +23,10 @@ from serve_support import running_server
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+# --disable-dev-shm-usage: Docker's default 64 MB /dev/shm is too small for Chromium's shared memory.
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900"]
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                  "--window-size=1280,900"]
 
 
 def synthetic_photo(path, width=160, height=120):
