@@ -23,8 +23,10 @@ from serve_support import running_server
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+# --disable-dev-shm-usage: Docker's default 64 MB /dev/shm is too small for Chromium's shared memory.
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900"]
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                  "--window-size=1280,900"]
 
 
 def synthetic_photo(path, width=160, height=120):
@@ -178,3 +180,24 @@ def test_page_shows_the_servers_error(browser, server, tmp_path):
     text = browser.find_element("id", "status").text
     assert "Could not process notes.jpg: 400: upload 'notes.jpg' is not a readable image" in text
     assert browser.find_elements("css selector", "#items li") == []
+
+
+def test_dropping_a_photo_on_the_page(browser, server, tmp_path):
+    photo = synthetic_photo(str(tmp_path / "dropped.png"), width=96, height=128)
+    with open(photo, "rb") as file:
+        data = file.read()
+    browser.get(server.url + "/")
+    wait_for_state(browser, {"idle"})
+    # What a drag from the desktop delivers: a drop event whose DataTransfer holds the file.
+    browser.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
+        "const transfer = new DataTransfer();"
+        "transfer.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+        "document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: transfer,"
+        " bubbles: true, cancelable: true}));", base64.b64encode(data).decode())
+    assert wait_for_state(browser, {"drawn", "error"}) == "drawn", browser.find_element("id", "status").text
+    items = json.loads(server.upload("/predict?score_thresh=0.05", "dropped.png", data)[2])["items"]
+    listed = browser.execute_script("return [...document.querySelectorAll('#items li.item')].map((li) =>"
+                                    " [li.dataset.tag, parseFloat(li.dataset.score)]);")
+    assert [tuple(entry) for entry in listed] == [(i["tag"], i["score"]) for i in items] and items
+    assert "in dropped.png, 96x128" in browser.find_element("id", "status").text
