@@ -185,7 +185,8 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
         raise ValueError(f"model.num_classes={cfg.model.num_classes}, but the training set "
                          f"({cfg.data.train_annotations}) has {len(class_names)} classes: {class_names}")
     train_dataset = FashionDataset(train_set, augmentations=build_augmentations(cfg.data.augment),
-                                   strict=cfg.data.strict, seed=cfg.seed)
+                                   strict=cfg.data.strict, seed=cfg.seed,
+                                   input_size=(cfg.input.min_size, cfg.input.max_size))  # large photos shrunk first
     batch_sampler = AspectRatioBatchSampler(
         train_dataset.aspect_ratios(), images_per_rank, seed=cfg.seed, rank=info.rank,
         world_size=info.world_size, group_by_aspect_ratio=cfg.dataloader.aspect_ratio_grouping,
