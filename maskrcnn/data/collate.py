@@ -87,7 +87,8 @@ def build_train_loader(cfg, records, world_size: Optional[int] = None, rank: Opt
         raise ValueError(f"solver.ims_per_batch={batch} is the global batch and must be divisible by the "
                          f"{world_size} processes")
     dataset = FashionDataset(records, augmentations=build_augmentations(cfg.data.augment),
-                             strict=cfg.data.strict, seed=cfg.seed)
+                             strict=cfg.data.strict, seed=cfg.seed,
+                             input_size=(cfg.input.min_size, cfg.input.max_size))  # large photos shrunk first
     return make_train_loader(dataset, images_per_rank=batch // world_size, num_workers=cfg.dataloader.num_workers,
                              seed=cfg.seed, rank=rank, world_size=world_size,
                              aspect_ratio_grouping=cfg.dataloader.aspect_ratio_grouping,

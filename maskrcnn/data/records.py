@@ -160,35 +160,41 @@ def polygon_self_intersects(polygon) -> bool:
     return bool(crossing.any())
 
 
-def compressed_counts(counts) -> list:
+def compressed_counts(counts) -> np.ndarray:
     """Decode the run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString`` format).
 
     Each run is a little-endian sequence of 6-bit characters (``chr(48 + value)``): 5 payload bits and a
-    continuation bit (32); the last character's bit 16 is the sign. From the third run on, a run is
-    stored as the difference to the run two places before it. Raises ValueError for a character outside
-    that alphabet (a non-ASCII or corrupted string) or an unterminated run.
+    continuation bit (32); the last character's bit 16 is the sign. From the third run on (index > 2),
+    a run is stored as the difference to the run two places before it. Vectorized with NumPy (a large
+    photo's mask has tens of thousands of runs). Returns int64 ``(R,)``; raises ValueError for a character
+    outside that alphabet (a non-ASCII or corrupted string) or an unterminated run.
     """
-    text = counts.decode("latin-1") if isinstance(counts, bytes) else counts
-    runs, position = [], 0
-    while position < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if position >= len(text):
-                raise ValueError("the string ends in the middle of a run")
-            code = ord(text[position]) - 48
-            if not 0 <= code < 64:
-                raise ValueError(f"character {text[position]!r} at position {position} is not part of the "
-                                 f"compressed RLE alphabet (chr(48)..chr(111))")
-            value |= (code & 0x1F) << shift
-            more = bool(code & 0x20)
-            position += 1
-            shift += 5
-            if not more and code & 0x10:
-                value |= -1 << shift  # sign-extend
-        if len(runs) > 2:
-            value += runs[-2]
-        runs.append(value)
-    return runs
+    text = counts.decode("latin-1") if isinstance(counts, bytes) else str(counts)
+    if not text.isascii():
+        position = next(i for i, char in enumerate(text) if not char.isascii())
+        raise ValueError(f"character {text[position]!r} at position {position} is not part of the compressed "
+                         f"RLE alphabet (chr(48)..chr(111))")
+    codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48  # (L,)
+    bad = np.flatnonzero((codes < 0) | (codes > 63))
+    if bad.size:
+        position = int(bad[0])
+        raise ValueError(f"character {text[position]!r} at position {position} is not part of the compressed "
+                         f"RLE alphabet (chr(48)..chr(111))")
+    if codes.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    last = (codes & 0x20) == 0  # (L,) the character that ends its run
+    if not last[-1]:
+        raise ValueError("the string ends in the middle of a run")
+    ends = np.flatnonzero(last)  # (R,) position of each run's last character
+    starts = np.concatenate([[0], ends[:-1] + 1])  # (R,)
+    digit = np.arange(codes.size) - np.repeat(starts, ends - starts + 1)  # (L,) k-th character of its run
+    values = np.add.reduceat((codes & 0x1F) << (5 * digit), starts)  # (R,)
+    negative = (codes[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * (ends - starts + 1))[negative]  # sign-extend
+    # run m > 2 is stored relative to run m - 2: cumulative sums along the odd and the even runs from 1 and 2
+    values[1::2] = np.cumsum(values[1::2])
+    values[2::2] = np.cumsum(values[2::2])
+    return values
 
 
 def rle_error(rle, height: int, width: int) -> str | None:
@@ -211,11 +217,11 @@ def rle_error(rle, height: int, width: int) -> str | None:
             runs = compressed_counts(counts)
         except ValueError as e:
             return f"counts: not a compressed RLE string: {e}"
-        if any(run < 0 for run in runs):
+        if (runs < 0).any():
             return "counts: a run has negative length (corrupted string)"
     else:
         return "counts: expected a string (compressed) or a list (uncompressed)"
-    total = sum(runs)
+    total = int(sum(runs)) if isinstance(runs, list) else int(runs.sum())
     if total != height * width:
         verb = "overflow" if total > height * width else "fall short of"
         return f"counts: runs sum to {total} pixels and {verb} the image's height*width = {height * width}"

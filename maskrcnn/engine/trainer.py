@@ -213,7 +213,8 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
         cfg.model.attribute_names = as_config_error(training_attribute_names, cfg.model.num_attributes, train_set,
                                                     cfg.data.attributes)
     train_dataset = FashionDataset(train_set, augmentations=build_augmentations(cfg.data.augment),
-                                   strict=cfg.data.strict, seed=cfg.seed)
+                                   strict=cfg.data.strict, seed=cfg.seed,
+                                   input_size=(cfg.input.min_size, cfg.input.max_size))  # large photos shrunk first
     batch_sampler = AspectRatioBatchSampler(
         train_dataset.aspect_ratios(), images_per_rank, seed=cfg.seed, rank=info.rank,
         world_size=info.world_size, group_by_aspect_ratio=cfg.dataloader.aspect_ratio_grouping,

@@ -28,7 +28,7 @@ def compressed(runs, height=HEIGHT, width=WIDTH) -> str:
 def overflowing_rle() -> dict:
     mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8, order="F")
     mask[3:9, 4:12] = 1
-    runs = compressed_counts(coco_mask.encode(mask)["counts"])
+    runs = compressed_counts(coco_mask.encode(mask)["counts"]).tolist()
     assert sum(runs) == HEIGHT * WIDTH
     runs[-1] += 5000  # the last background run runs far past the image
     return {"size": [HEIGHT, WIDTH], "counts": compressed(runs)}
@@ -49,12 +49,12 @@ def test_compressed_counts_decode_pycocotools_strings():
     mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8, order="F")
     mask[3:9, 4:12] = 1
     mask[10:12, 0:20] = 1
-    runs = compressed_counts(coco_mask.encode(mask)["counts"])
-    expected = coco_mask.frPyObjects({"size": [HEIGHT, WIDTH], "counts": runs}, HEIGHT, WIDTH)["counts"]
+    runs = compressed_counts(coco_mask.encode(mask)["counts"])  # int64 (R,)
+    expected = coco_mask.frPyObjects({"size": [HEIGHT, WIDTH], "counts": runs.tolist()}, HEIGHT, WIDTH)["counts"]
     assert expected == coco_mask.encode(mask)["counts"]  # the runs re-encode to the same string
     # column-major: column 0 is background down to row 10, then the 2-row stripe; the next background run
     # goes on into column 1 (4 rows + 10 rows)
-    assert runs[:3] == [10, 2, 14] and sum(runs) == HEIGHT * WIDTH
+    assert runs[:3].tolist() == [10, 2, 14] and runs.sum() == HEIGHT * WIDTH
 
 
 def test_rle_checks_name_the_field():
