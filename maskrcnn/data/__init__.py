@@ -24,9 +24,10 @@ from .records import (
     validate_record,
 )
 
-# Training pipeline (part B): Dataset, augmentations, batching, the synthetic set.
+# Training pipeline (part B): Dataset, augmentations, batching.
 from .collate import build_train_loader, collate, make_train_loader, to_device, train_batches
 from .dataset import FashionDataset, read_image
 from .samplers import AspectRatioBatchSampler
-from .synthetic import generate_synthetic_dataset
+# The synthetic set is not imported here: ``python -m maskrcnn.data.synthetic`` runs that module as a script,
+# and a package that imported it first would make runpy warn. Use ``from maskrcnn.data.synthetic import ...``.
 from .transforms import build_augmentations

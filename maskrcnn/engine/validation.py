@@ -126,38 +126,37 @@ def write_predictions_json(path: str, encoded: Sequence[Mapping], class_names: S
 
 
 def write_overlays(folder: str, records: Sequence[Mapping], encoded: Sequence[Mapping],
-                   class_names: Sequence[str], max_images: int = 16, score_thresh: float = 0.5,
-                   min_side: int = 384) -> List[str]:
+                   class_names: Sequence[str], max_images: int = 16, score_thresh: float = 0.5) -> List[str]:
     """Draw the detections scoring at least ``score_thresh`` on the first ``max_images`` images (by
-    ``image_id``) as ``{folder}/{image_id}.png``; return the paths. ``max_images < 0`` draws them all.
+    ``image_id``) as ``{folder}/{image file stem}.png`` (``000001.jpg`` -> ``000001.png``; a stem already
+    written gets ``_{image_id}`` appended); return the paths. ``max_images < 0`` draws them all.
 
     Images are decoded as training decodes them (``maskrcnn.data.dataset.decode_image``: 16-bit images
-    scaled, transparency composited on white). Images whose longer side is under ``min_side`` pixels are
-    enlarged by a whole factor first (pixels repeated, boxes scaled), so that the tags and the legend of a
-    small image do not cover its objects.
+    scaled, transparency composited on white); ``draw_instances`` enlarges small images and scales the text
+    with the picture (``maskrcnn/visualize.py``).
     """
     os.makedirs(folder, exist_ok=True)
     by_id = {record["image_id"]: record for record in records}
     chosen = sorted(encoded, key=lambda p: p["image_id"])
     chosen = chosen if max_images < 0 else chosen[:max_images]
-    written = []
+    written, stems = [], set()
     for pred in chosen:
         record = by_id[pred["image_id"]]
         keep = [i for i, score in enumerate(pred["scores"]) if score >= score_thresh]
         image = to_pil_image(decode_image(record["file_name"]))  # (H, W, 3) uint8 or float in [0, 1] -> RGB
-        factor = max(1, min_side // max(image.size))
-        image = image.resize((image.width * factor, image.height * factor), resample=0)  # 0 = nearest
         masks = None
         if pred["masks"] is not None and keep:
             masks = np.stack([mask_utils.decode(pred["masks"][i]) for i in keep])  # (N, H, W) uint8
-            masks = masks.repeat(factor, axis=1).repeat(factor, axis=2)  # (N, H, W) -> (N, fH, fW)
         picture = draw_instances(
             image,
-            boxes=factor * np.array([pred["boxes"][i] for i in keep], dtype=np.float64).reshape(-1, 4),
+            boxes=np.array([pred["boxes"][i] for i in keep], dtype=np.float64).reshape(-1, 4),
             labels=np.array([pred["labels"][i] for i in keep], dtype=np.int64),
             masks=masks, scores=np.array([pred["scores"][i] for i in keep]), class_names=class_names,
         )
-        path = os.path.join(folder, f"{pred['image_id']}.png")
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        stem = f"{stem}_{pred['image_id']}" if stem in stems else stem
+        stems.add(stem)
+        path = os.path.join(folder, f"{stem}.png")
         picture.save(path)
         written.append(path)
     return written

@@ -122,3 +122,18 @@ def test_command_line_and_bad_sizes(tmp_path, capsys):
     assert [(im["width"], im["height"]) for im in coco["images"]] == [(96, 64), (96, 64)]
     with pytest.raises(ValueError, match="image_size"):
         generate_synthetic_dataset(str(tmp_path / "tiny"), 1, 1, 0, image_size=16)
+
+
+def test_python_dash_m_runs_without_a_runpy_warning(tmp_path):
+    # `python -m maskrcnn.data.synthetic` (scripts/demo.sh) used to print runpy's RuntimeWarning, because the
+    # package's __init__ imported the module before runpy ran it as __main__.
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "maskrcnn.data.synthetic",
+                           "--out", str(tmp_path), "--num-train", "1", "--num-val", "0", "--size", "32"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert os.path.isfile(tmp_path / "instances_train.json")

@@ -196,9 +196,9 @@ def test_predictions_json_is_coco_results_and_overlays_enlarge_small_images(tmp_
     assert len(ground_truth.loadRes(path).getAnnIds()) == 2
 
     written = write_overlays(str(tmp_path / "overlays"), [record], [encoded], ["top", "skirt"], score_thresh=0.5)
-    assert [os.path.basename(p) for p in written] == ["7.png"]
+    assert [os.path.basename(p) for p in written] == ["a.png"]  # named after the image file, not its id 7
     with Image.open(written[0]) as picture:
-        assert picture.size == (48 * 6, 64 * 6)  # 384 // 64 = 6 times larger
+        assert picture.size[0] == 48 * 8 and picture.size[1] > 64 * 8  # round(512 / 64) = 8 times larger + legend
         pixels = np.asarray(picture)
-    assert tuple(pixels[35 * 6, 20 * 6]) != (200, 200, 200)  # inside the kept mask: tinted
-    assert tuple(pixels[2 * 6, 2 * 6]) == (200, 200, 200)  # the 0.3 detection is below the threshold
+    assert tuple(pixels[35 * 8, 20 * 8]) != (200, 200, 200)  # inside the kept mask: tinted
+    assert tuple(pixels[2 * 8, 2 * 8]) == (200, 200, 200)  # the 0.3 detection is below the threshold
