@@ -179,7 +179,7 @@ DEFAULTS = {
     },
     "train": {
         "log_period": K(20, "Print the progress line and write a metrics.jsonl record every this many iterations (detectron2's 20)."),
-        "amp": K("off", "Mixed precision on CUDA: 'off' (float32), 'bf16' (bfloat16 autocast) or 'fp16' (float16 autocast with a gradient scaler); ignored on CPU. Off so results match float32 references."),
+        "amp": K("off", "Mixed precision on CUDA: 'off' (float32), 'bf16' (bfloat16 autocast) or 'fp16' (float16 autocast with a gradient scaler); ignored on CPU. Either way box geometry, scores and losses stay float32. Choose bf16 on GPUs that have it (Ampere and newer: A100, RTX 30xx/40xx, H100): float32's range, so no loss scaling and no overflow. Choose fp16 on older GPUs (V100, T4, RTX 20xx), where bf16 is emulated and slow: 3 more mantissa bits, but a range of only 6e-5..65504, hence the GradScaler. Off so results match float32 references."),
         "find_unused_parameters": K(False, "DDP's find_unused_parameters; False is cheaper and suffices, since the losses of images without objects stay connected to every head."),
         "dist_timeout_minutes": K(30.0, "A collective call waiting longer than this for a missing process fails instead of hanging forever (torch's default, 30)."),
         "tensorboard": K(True, "Also write TensorBoard event files when the optional tensorboard package is installed."),

@@ -17,8 +17,10 @@ encoding, in this order:
    and the best ``infer.max_detections`` are kept (NMS returns them best first). Filtering before the
    cut means that asking for one class gives up to ``max_detections`` of *that* class;
 3. the mask head runs on the kept boxes only; each 28x28 probability map is pasted into the original image
-   (``paste_masks_in_image``, one detection at a time, so a 50-megapixel photo never holds 100 float
-   canvases), cut at ``infer.mask_threshold`` and run-length encoded (pycocotools' compressed COCO RLE).
+   inside its box only (``paste_masks_in_crops``: all detections at once on the model's device, the same
+   values as ``paste_masks_in_image``, so a 50-megapixel photo never holds 100 float canvases), cut at
+   ``infer.mask_threshold``, copied to the host in one transfer and run-length encoded (pycocotools'
+   compressed COCO RLE).
 
 With the model's own settings (every class, ``score_thresh`` <= the model's, ``max_detections`` equal to
 ``detections_per_img``) the instances are exactly ``model(images)``'s detections, masks ``> mask_threshold``.
@@ -48,7 +50,7 @@ from maskrcnn.modeling import build_model
 from maskrcnn.modeling.box_head import postprocess_detections
 from maskrcnn.modeling.mask_head import mask_probabilities
 from maskrcnn.modeling.mask_rcnn import NUM_POOLED_LEVELS
-from maskrcnn.modeling.paste_masks import paste_masks_in_image
+from maskrcnn.modeling.paste_masks import paste_masks_in_crops
 from maskrcnn.modeling.transform import resize_boxes
 
 ImageInput = Union[str, os.PathLike, torch.Tensor, np.ndarray, Any]  # Any: a PIL image
@@ -345,7 +347,8 @@ class Predictor:
 
     def _instances(self, detection: Dict[str, torch.Tensor], probabilities: Optional[torch.Tensor],
                    item: DecodedImage, resized_size: Tuple[int, int]) -> List[Instance]:
-        """Boxes to original pixels, masks pasted, cut and encoded one at a time."""
+        """Boxes to original pixels; masks pasted inside their boxes on the model's device, cut, copied to the
+        host in one transfer for all detections, and encoded one at a time."""
         model_input_size = (int(item.image.shape[1]), int(item.image.shape[2]))
         boxes = resize_boxes(detection["boxes"], resized_size, model_input_size)  # as transform.postprocess
         original_size = (item.height, item.width)
@@ -353,18 +356,25 @@ class Predictor:
             boxes = boxes * item.reduction
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, item.width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, item.height)
-        instances = []
-        for index in range(boxes.shape[0]):
-            if probabilities is not None:
-                # (1, 1, 28, 28) -> (1, 1, H, W) -> (H, W) bool
-                pasted = paste_masks_in_image(probabilities[index: index + 1], boxes[index: index + 1], original_size)
-                rle = encode_mask((pasted[0, 0] > self.mask_threshold).cpu().numpy())
-            else:
-                rle = encode_mask(np.zeros(original_size, dtype=bool))
-            label = int(detection["labels"][index])
-            instances.append(Instance(box=tuple(float(v) for v in boxes[index].tolist()), label=label,
-                                      tag=self.class_names[label - 1], score=float(detection["scores"][index]),
-                                      rle=rle))
+        crops = None
+        if probabilities is not None and boxes.shape[0] > 0:
+            # Only the pixels inside each pasted box are computed and copied: (sum of box areas,) booleans.
+            pasted = paste_masks_in_crops(probabilities, boxes, original_size)
+            crops = ((pasted.values > self.mask_threshold).cpu().numpy(), pasted.rects.tolist())
+        labels, scores = detection["labels"].tolist(), detection["scores"].tolist()
+        instances, start = [], 0
+        for index, box in enumerate(boxes.tolist()):
+            mask = np.zeros(original_size, dtype=bool)
+            if crops is not None:
+                values, rects = crops
+                x1, y1, x2, y2 = rects[index]
+                end = start + (x2 - x1) * (y2 - y1)
+                mask[y1:y2, x1:x2] = values[start:end].reshape(y2 - y1, x2 - x1)  # row-major crop
+                start = end
+            label = int(labels[index])
+            instances.append(Instance(box=tuple(float(v) for v in box), label=label,
+                                      tag=self.class_names[label - 1], score=float(scores[index]),
+                                      rle=encode_mask(mask)))
         return instances
 
     # ------------------------------------------------------------------------------------------- files

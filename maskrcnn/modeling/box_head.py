@@ -26,6 +26,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from maskrcnn.ops import BoxCoder, batched_nms, clip_boxes_to_image, remove_small_boxes
+from maskrcnn.ops.boxes import at_least_float32
 
 
 class BoxHead(nn.Module):
@@ -63,6 +64,7 @@ def box_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor, regress
     Returns:
         ``{"loss_classifier", "loss_box_reg"}``; the box term is exactly 0 when no ROI is positive.
     """
+    class_logits, box_deltas = at_least_float32(class_logits), at_least_float32(box_deltas)  # autocast: float32
     classification_loss = F.cross_entropy(class_logits, labels)
     positive = torch.where(labels > 0)[0]
     num_rois = class_logits.shape[0]
@@ -81,12 +83,15 @@ def postprocess_detections(class_logits: Tensor, box_deltas: Tensor, proposals: 
 
     Args:
         class_logits: ``(R, C + 1)``; box_deltas: ``(R, (C + 1) * 4)``; proposals: per image ``(R_i, 4)``.
+
+    Boxes and scores are float32 (float64 for float64 inputs) even when the logits and deltas are half
+    precision (autocast): scores are the softmax of the widened logits, boxes are decoded in float32.
     """
     num_classes_with_bg = class_logits.shape[-1]
     boxes_per_image = [p.shape[0] for p in proposals]
     # (R, (C+1)*4) -> (R, C+1, 4): every proposal decoded once per class
     boxes = box_coder.decode(box_deltas, torch.cat(proposals)).reshape(-1, num_classes_with_bg, 4)
-    scores = F.softmax(class_logits, dim=-1)
+    scores = F.softmax(at_least_float32(class_logits), dim=-1)
     detections = []
     for image_boxes, image_scores, size in zip(boxes.split(boxes_per_image), scores.split(boxes_per_image),
                                                image_sizes):

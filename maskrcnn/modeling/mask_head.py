@@ -26,6 +26,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from maskrcnn.ops import roi_align
+from maskrcnn.ops.boxes import at_least_float32
 
 
 class MaskHead(nn.Module):
@@ -69,9 +70,14 @@ def mask_targets(gt_masks: Tensor, boxes: Tensor, matched_gt: Tensor, mask_size:
     Returns:
         ``(P, mask_size, mask_size)`` float targets in [0, 1].
     """
-    rois = torch.cat([matched_gt.to(boxes)[:, None], boxes], dim=1)  # (P, 1) + (P, 4) -> (P, 5)
-    masks = gt_masks[:, None].to(rois)                               # (G, H, W) -> (G, 1, H, W)
-    return roi_align(masks, rois, (mask_size, mask_size), 1.0, -1, aligned)[:, 0]  # (P, 1, M, M) -> (P, M, M)
+    # roi_align's rows [image index, x1, y1, x2, y2], here [GT index, box]: built in float32 (float64 for
+    # float64 boxes) whatever the dtype of the ROIs, so the GT index (exact below 2**24) and the box are
+    # never rounded to half precision (bfloat16 holds integers exactly only up to 256).
+    dtype = at_least_float32(boxes).dtype
+    rois = torch.cat([matched_gt.to(dtype)[:, None], boxes.to(dtype)], dim=1)  # (P, 1) + (P, 4) -> (P, 5)
+    masks = gt_masks[:, None].to(dtype)                                        # (G, H, W) -> (G, 1, H, W)
+    # (P, 1, M, M) -> (P, M, M); the indices are valid by construction: no per-call value check (a sync)
+    return roi_align(masks, rois, (mask_size, mask_size), 1.0, -1, aligned, check_indices=False)[:, 0]
 
 
 def mask_loss(mask_logits: Tensor, positive_boxes: List[Tensor], gt_masks: List[Tensor],
@@ -97,12 +103,14 @@ def mask_loss(mask_logits: Tensor, positive_boxes: List[Tensor], gt_masks: List[
         return mask_logits.sum() * 0
     labels, targets = torch.cat(labels), torch.cat(targets)
     rows = torch.arange(labels.shape[0], device=labels.device)
-    return F.binary_cross_entropy_with_logits(mask_logits[rows, labels], targets)  # (P, M, M) each
+    logits = at_least_float32(mask_logits[rows, labels])  # (P, M, M); float32 loss under autocast
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
 
 
 def mask_probabilities(mask_logits: Tensor, labels: List[Tensor]) -> List[Tensor]:
-    """Sigmoid of each detection's own-class logits: ``(K, C + 1, M, M) -> per image (K_i, 1, M, M)``."""
+    """Sigmoid of each detection's own-class logits: ``(K, C + 1, M, M) -> per image (K_i, 1, M, M)``,
+    float32 (float64 for float64 logits) also under autocast."""
     all_labels = torch.cat(labels)
     rows = torch.arange(all_labels.shape[0], device=all_labels.device)
-    probabilities = mask_logits[rows, all_labels].sigmoid()[:, None]  # (K, M, M) -> (K, 1, M, M)
+    probabilities = at_least_float32(mask_logits[rows, all_labels]).sigmoid()[:, None]  # (K, M, M) -> (K, 1, M, M)
     return list(probabilities.split([len(l) for l in labels]))

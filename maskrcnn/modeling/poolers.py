@@ -24,7 +24,9 @@ Conventions (torchvision's ``MultiScaleRoIAlign``, reproduced exactly):
       in the batch. The finest and coarsest scales fix the level range ``[k_min, k_max]`` (2 and 5).
     * The level formula adds ``eps = 1e-6`` before the floor, so a box exactly on a level boundary
       (e.g. 112 x 112 -> log2(0.5) = -1) is not pushed down by floating-point error. It is computed
-      in the boxes' own dtype (float32 in the model), as torchvision does, so boundary cases agree.
+      in float32 (float64 for float64 boxes), as torchvision computes it for the model's float32 boxes,
+      so boundary cases agree; half-precision boxes are widened first (in float16 the area of a box of
+      256 x 256 px or more overflows to inf, which would send it to P5).
     * Output rows follow the input boxes: image 0's boxes in order, then image 1's, ... Each row is
       computed by ``maskrcnn.ops.roi_align`` on its level with that level's ``spatial_scale``.
     * ``aligned=False`` is torchvision's default (needed for its checkpoints); ``aligned=True`` shifts
@@ -40,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from maskrcnn.ops import roi_align
+from maskrcnn.ops.boxes import at_least_float32
 
 LEVEL_EPS = 1e-6  # torchvision's LevelMapper eps
 
@@ -60,7 +63,7 @@ def assign_fpn_levels(
         canonical_scale, canonical_level: a box of size ``canonical_scale`` (sqrt of its area) goes to
             ``canonical_level`` (224 -> P4: the ImageNet pre-training size maps to the coarsest
             ResNet stage of the original single-scale Faster R-CNN).
-        eps: added before the floor, in the boxes' dtype (torchvision uses 1e-6).
+        eps: added before the floor (torchvision uses 1e-6).
 
     Returns:
         ``(K,)`` int64 absolute levels in ``[min_level, max_level]``. A zero-area box has
@@ -72,9 +75,10 @@ def assign_fpn_levels(
         )
     if min_level > max_level:
         raise ValueError(f"assign_fpn_levels: min_level ({min_level}) must not exceed max_level ({max_level})")
+    boxes = at_least_float32(boxes)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (K, 4) -> (K,)
     sizes = areas.sqrt()
-    eps_t = torch.tensor(eps, dtype=boxes.dtype, device=boxes.device)
+    eps_t = torch.tensor(eps, dtype=boxes.dtype)  # a 0-dim CPU tensor: a scalar operand, no device copy
     levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale) + eps_t)
     return levels.clamp(min=min_level, max=max_level).to(torch.int64)
 
@@ -105,9 +109,9 @@ class MultiScaleRoIAlign(nn.Module):
         image_sizes: list of ``N`` pairs ``(H, W)``, each image's size before padding.
         -> ``(K, C, S_h, S_w)`` in the features' dtype, rows in the order of the boxes (image by image).
 
-    dtypes: the level of a box is computed in the boxes' dtype; ROIAlign runs in the features' dtype,
-    except that float16 / bfloat16 features are pooled in float32 and the result cast back (the boxes
-    are never rounded to half precision).
+    dtypes: the level of a box is computed in float32 (float64 for float64 boxes); ROIAlign runs in the
+    features' dtype, except that float16 / bfloat16 features are pooled in float32 and the result cast
+    back (the boxes are never rounded to half precision), as torchvision's autocast rule for roi_align.
     """
 
     def __init__(
@@ -167,10 +171,11 @@ class MultiScaleRoIAlign(nn.Module):
         num_channels = first.shape[1]
         # Half / bfloat16 features are pooled in float32 (as torchvision's autocast rule for roi_align
         # does), so box coordinates keep their precision; the result is cast back to the features' dtype.
-        compute_dtype = torch.float32 if first.dtype in (torch.float16, torch.bfloat16) else first.dtype
+        compute_dtype = at_least_float32(first).dtype
         all_boxes = torch.cat([b.to(first.device) for b in boxes], dim=0)  # K_0 + K_1 + ... -> (K, 4)
         if not all_boxes.is_floating_point():
             all_boxes = all_boxes.to(compute_dtype)
+        all_boxes = at_least_float32(all_boxes)
         # ROIs in roi_align's format: (K, 5) = [image index, x1, y1, x2, y2], image 0's boxes first.
         image_index = torch.cat([
             torch.full((b.shape[0], 1), i, dtype=compute_dtype, device=first.device) for i, b in enumerate(boxes)
@@ -180,7 +185,7 @@ class MultiScaleRoIAlign(nn.Module):
         result = first.new_zeros((rois.shape[0], num_channels) + self.output_size)  # (K, C, S_h, S_w)
         if rois.shape[0] == 0:
             return result
-        # Levels from the boxes in their own dtype (float32 in the model), as torchvision computes them.
+        # Levels from the boxes in float32 (the model's boxes are float32), as torchvision computes them.
         levels = assign_fpn_levels(
             all_boxes, min_level, max_level, self.canonical_scale, self.canonical_level
         )  # (K,) absolute levels
@@ -191,6 +196,7 @@ class MultiScaleRoIAlign(nn.Module):
             pooled = roi_align(
                 feature.to(compute_dtype), rois[rows], self.output_size,
                 spatial_scale=scale, sampling_ratio=self.sampling_ratio, aligned=self.aligned,
+                check_indices=False,  # rows [i, box] of image i < N by construction: no per-call sync
             )  # (K_l, C, S_h, S_w)
             result[rows] = pooled.to(result.dtype)
         return result

@@ -19,6 +19,10 @@ Inference:
 
 Appending the GT boxes guarantees positives for the box and mask heads early in training, when the RPN
 proposes little of use. All boxes here are in the resized image's pixels; proposals carry no gradient.
+
+Mixed precision: under ``torch.autocast`` the heads' convolutions and FC layers run in bfloat16 / float16,
+but every box (proposals, GT boxes, ROIs, regression targets, detections), every score and every loss is
+float32 (float64 for a float64 model): GT boxes are never rounded to the proposals' or features' dtype.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from maskrcnn.modeling.matcher import Matcher
 from maskrcnn.modeling.poolers import MultiScaleRoIAlign
 from maskrcnn.modeling.sampler import BalancedPositiveNegativeSampler
 from maskrcnn.ops import BoxCoder, box_iou
+from maskrcnn.ops.boxes import at_least_float32
 
 Size = Tuple[int, int]
 
@@ -139,7 +144,8 @@ class ROIHeads(nn.Module):
         all_rois, all_labels, all_matched = [], [], []
         for image_proposals, target in zip(proposals, targets):
             gt_boxes, gt_labels = target["boxes"], target["labels"]
-            rois = torch.cat([image_proposals, gt_boxes.to(image_proposals)])  # (R_i + G_i, 4)
+            dtype = torch.promote_types(at_least_float32(image_proposals).dtype, gt_boxes.dtype)
+            rois = torch.cat([image_proposals.to(dtype), gt_boxes.to(dtype)])  # (R_i + G_i, 4)
             if gt_boxes.shape[0] == 0:
                 matched = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
                 labels = torch.zeros_like(matched)

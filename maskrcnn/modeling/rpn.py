@@ -26,6 +26,10 @@ Training adds the RPN's two losses (Faster R-CNN, Eq. 1):
   ``BoxCoder((1, 1, 1, 1)).encode(matched GT, anchor)``, summed and divided by the number of sampled anchors.
 
 Proposals are never back-propagated through (the "approximate joint training" of Faster R-CNN, Sec. 3.2).
+
+Mixed precision: under ``torch.autocast`` the head's outputs are bfloat16 / float16, but anchors, decoded
+boxes, proposals, their scores and the losses stay float32 (float64 for a float64 model): the logits and
+deltas are widened before any geometry or loss is computed from them.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from maskrcnn.modeling.rpn_head import RPNHead, flatten_predictions
 from maskrcnn.modeling.sampler import BalancedPositiveNegativeSampler
 from maskrcnn.modeling.transform import ImageBatch
 from maskrcnn.ops import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from maskrcnn.ops.boxes import at_least_float32
 
 
 class RegionProposalNetwork(nn.Module):
@@ -97,10 +102,12 @@ class RegionProposalNetwork(nn.Module):
         return proposals, losses
 
     def anchors(self, images: ImageBatch, features: List[Tensor]) -> Tensor:
-        """``(T, 4)`` anchors for the padded batch size ``images.tensors.shape[-2:]``."""
+        """``(T, 4)`` anchors for the padded batch size ``images.tensors.shape[-2:]``: float32 whatever the
+        features' dtype (float64 for float64 features), so autocast never rounds an anchor."""
         feature_sizes = [tuple(f.shape[-2:]) for f in features]
+        dtype = torch.promote_types(features[0].dtype, torch.float32)
         return self.anchor_generator(image_size=tuple(images.tensors.shape[-2:]), feature_sizes=feature_sizes,
-                                     dtype=features[0].dtype, device=features[0].device)
+                                     dtype=dtype, device=features[0].device)
 
     # ------------------------------------------------------------------------------ proposal selection
     def propose(self, objectness: List[Tensor], deltas: List[Tensor], anchors: Tensor,
@@ -110,6 +117,7 @@ class RegionProposalNetwork(nn.Module):
         Works on detached predictions: no gradient flows through the proposals.
         """
         logits, flat_deltas = flatten_predictions([o.detach() for o in objectness], [d.detach() for d in deltas])
+        logits = logits.to(anchors.dtype)  # half-precision logits (autocast) widened: float32 scores
         num_images = logits.shape[0]
         # (N, T, 4) -> (N*T, 4) -> decode -> (N*T, 4) -> (N, T, 4)
         boxes = self.box_coder.decode(flat_deltas.reshape(-1, 4), anchors.repeat(num_images, 1))
@@ -183,6 +191,7 @@ def rpn_losses(logits: Tensor, deltas: Tensor, labels: List[Tensor], regression_
         logits: ``(N, T)`` objectness logits; deltas: ``(N, T, 4)``.
         labels: per image ``(T,)`` int64 in {1, 0, -1}; regression_targets: per image ``(T, 4)``.
     """
+    logits, deltas = at_least_float32(logits), at_least_float32(deltas)  # float32 losses under autocast
     positive_masks, negative_masks = sampler(labels)
     positive = torch.where(torch.cat(positive_masks))[0]
     negative = torch.where(torch.cat(negative_masks))[0]

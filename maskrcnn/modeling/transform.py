@@ -17,11 +17,14 @@ Forward (before the backbone):
 ``h_i / H_i`` and ``w_i / W_i`` and the 28x28 mask probabilities are pasted into a full ``(h_i, w_i)``
 canvas (:mod:`maskrcnn.modeling.paste_masks`).
 
-Every number here is computed as torchvision's ``GeneralizedRCNNTransform`` computes it (the scale in
-float32, the same interpolation calls), so resized sizes agree to the pixel.
+Every number here is computed as torchvision's ``GeneralizedRCNNTransform`` computes it in eager mode (the
+scale divided in Python floats, i.e. float64, ``floor(side * scale)`` as ``F.interpolate`` takes it, the same
+interpolation calls), so resized sizes agree to the pixel for every image shape. (A float32 scale, as in
+torchvision's scripted path, makes e.g. a 600x1000 photo 799x1332 instead of 799x1333 at 800/1333.)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -48,6 +51,12 @@ def resize_boxes(boxes: Tensor, old_size: Size, new_size: Size) -> Tensor:
     ratio_w = torch.tensor(new_size[1], dtype=torch.float32) / torch.tensor(old_size[1], dtype=torch.float32)
     x1, y1, x2, y2 = boxes.unbind(1)
     return torch.stack((x1 * ratio_w, y1 * ratio_h, x2 * ratio_w, y2 * ratio_h), dim=1)
+
+
+def resized_size(height: int, width: int, scale: float) -> Size:
+    """``(floor(height * scale), floor(width * scale))`` in Python floats: the size ``F.interpolate`` gives an
+    image resized by ``scale_factor=scale`` (its output size is ``floor(float(side) * scale)``)."""
+    return math.floor(height * scale), math.floor(width * scale)
 
 
 class ImageTransform(nn.Module):
@@ -100,15 +109,16 @@ class ImageTransform(nn.Module):
         return (image - mean) / std
 
     def resize_scale(self, height: int, width: int) -> float:
-        """``min(min_size / short side, max_size / long side)``, computed in float32 like torchvision."""
-        short = torch.tensor(float(min(height, width)), dtype=torch.float32)
-        long = torch.tensor(float(max(height, width)), dtype=torch.float32)
-        return torch.minimum(float(self.min_size) / short, float(self.max_size) / long).item()
+        """``min(min_size / short side, max_size / long side)`` in Python floats (float64), as torchvision's
+        eager ``_resize_image_and_masks``; the output side is then ``floor(side * scale)``
+        (:func:`resized_size`). Pure host arithmetic: no tensor, no device sync."""
+        return min(self.min_size / min(height, width), self.max_size / max(height, width))
 
     def resize(self, image: Tensor, target: Optional[Dict[str, Tensor]]):
         """Resize one ``(3, h, w)`` image (and its target) by :meth:`resize_scale`.
 
-        The output size is ``floor(h * scale) x floor(w * scale)``; the interpolation then uses the exact
+        The output size is ``floor(h * scale) x floor(w * scale)`` (:func:`resized_size`, what
+        ``F.interpolate`` computes from a Python-float ``scale_factor``); the interpolation then uses the exact
         ratios of output to input size (``recompute_scale_factor=True``).
         """
         old_size = (int(image.shape[-2]), int(image.shape[-1]))
@@ -183,13 +193,27 @@ def check_inputs(images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]
             raise ValueError(f"targets[{index}]['boxes']: expected a float tensor, got {boxes.dtype}")
         if not isinstance(labels, Tensor) or labels.shape != (boxes.shape[0],) or labels.dtype != torch.int64:
             raise ValueError(f"targets[{index}]['labels']: expected an int64 tensor of shape ({boxes.shape[0]},)")
-        if boxes.numel() and bool((boxes[:, 2:] <= boxes[:, :2]).any()):
-            bad = int(torch.where((boxes[:, 2:] <= boxes[:, :2]).any(dim=1))[0][0])
-            raise ValueError(f"targets[{index}]['boxes'][{bad}] = {boxes[bad].tolist()}: "
-                             "boxes must have positive width and height (x1 < x2, y1 < y2)")
         masks = target.get("masks")
         if masks is not None:
             expected = (boxes.shape[0],) + tuple(image.shape[-2:])
             if not isinstance(masks, Tensor) or tuple(masks.shape) != expected:
                 got = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
                 raise ValueError(f"targets[{index}]['masks']: expected shape {expected}, got {got}")
+    check_box_sizes([target["boxes"] for target in targets])
+
+
+def check_box_sizes(boxes: List[Tensor]) -> None:
+    """Raise naming the first target box without positive width and height. One device sync for the whole
+    batch (the flag is read once), not one per image."""
+    all_boxes = torch.cat([b.to(boxes[0].device) for b in boxes]) if boxes else torch.zeros(0, 4)
+    if all_boxes.numel() == 0:
+        return
+    empty = (all_boxes[:, 2:] <= all_boxes[:, :2]).any(dim=1)  # (sum K_i, 4) -> (sum K_i,)
+    if not bool(empty.any()):
+        return
+    first = int(torch.where(empty)[0][0])
+    for index, image_boxes in enumerate(boxes):
+        if first < image_boxes.shape[0]:
+            raise ValueError(f"targets[{index}]['boxes'][{first}] = {image_boxes[first].tolist()}: "
+                             "boxes must have positive width and height (x1 < x2, y1 < y2)")
+        first -= image_boxes.shape[0]

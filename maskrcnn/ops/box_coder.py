@@ -13,6 +13,11 @@ loss: ``(1, 1, 1, 1)`` in the RPN, ``(10, 10, 5, 5)`` in the ROI heads. Sizes ar
 "+1" and centers ``x1 + 0.5 * w`` (torchvision's convention). Decoding inverts the formulas; ``dw`` and
 ``dh`` are first clamped at ``bbox_xform_clip = log(1000 / 16)`` so that an untrained head cannot ask for
 ``exp(20)`` times the reference size (the clamp allows up to 62.5x).
+
+dtypes: box geometry is computed in float32 (float64 when an input is float64), whatever the dtype of the
+deltas: under ``torch.autocast`` the regression heads give bfloat16 / float16 deltas, and a box corner
+rounded to bfloat16 is off by up to 4 px at 1000 px. The weights are Python floats, fixed at construction:
+no tensor is built (or copied to a device) per call.
 """
 from __future__ import annotations
 
@@ -41,13 +46,16 @@ class BoxCoder:
         return f"BoxCoder(weights={self.weights}, bbox_xform_clip={self.bbox_xform_clip:.4f})"
 
     def encode(self, targets: Tensor, proposals: Tensor) -> Tensor:
-        """Deltas that move each proposal onto its target: ``(N, 4), (N, 4) -> (N, 4)``."""
+        """Deltas that move each proposal onto its target: ``(N, 4), (N, 4) -> (N, 4)``, float32 (float64 if
+        an input is)."""
         if targets.dim() != 2 or targets.shape[1] != 4 or targets.shape != proposals.shape:
             raise ValueError(
                 f"targets and proposals must both have shape (N, 4), got targets {tuple(targets.shape)} "
                 f"and proposals {tuple(proposals.shape)}"
             )
-        wx, wy, ww, wh = torch.as_tensor(self.weights, dtype=targets.dtype, device=targets.device)
+        dtype = geometry_dtype(targets, proposals)
+        targets, proposals = targets.to(dtype), proposals.to(dtype)
+        wx, wy, ww, wh = self.weights
 
         ex_widths = proposals[:, 2] - proposals[:, 0]
         ex_heights = proposals[:, 3] - proposals[:, 1]
@@ -67,7 +75,8 @@ class BoxCoder:
 
     def decode(self, deltas: Tensor, boxes: Tensor) -> Tensor:
         """Apply deltas to reference boxes: ``deltas (N, 4) or (N, K*4), boxes (N, 4)`` -> boxes
-        of the shape of ``deltas`` (``(N, K*4)``: one box per class, for class-specific regression)."""
+        of the shape of ``deltas`` (``(N, K*4)``: one box per class, for class-specific regression), float32
+        (float64 if an input is): half-precision deltas are widened, the boxes never rounded to them."""
         if deltas.dim() != 2 or deltas.shape[1] % 4 != 0 or boxes.dim() != 2 or boxes.shape[1] != 4:
             raise ValueError(
                 f"deltas must have shape (N, 4) or (N, K*4) and boxes (N, 4), got deltas "
@@ -78,7 +87,8 @@ class BoxCoder:
                 f"deltas and boxes must have the same number of rows, got deltas {tuple(deltas.shape)} "
                 f"and boxes {tuple(boxes.shape)}"
             )
-        boxes = boxes.to(deltas.dtype)
+        dtype = geometry_dtype(deltas, boxes)
+        deltas, boxes = deltas.to(dtype), boxes.to(dtype)
         widths = boxes[:, 2] - boxes[:, 0]
         heights = boxes[:, 3] - boxes[:, 1]
         ctr_x = boxes[:, 0] + 0.5 * widths
@@ -98,3 +108,8 @@ class BoxCoder:
             (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2
         )
         return pred.reshape(deltas.shape)
+
+
+def geometry_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any of ``tensors`` is float64, else float32: the dtype box geometry is computed in."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

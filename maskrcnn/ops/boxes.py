@@ -13,6 +13,15 @@ import torch
 from torch import Tensor
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` as float32 when it is float16 / bfloat16; float32 and float64 tensors are returned unchanged.
+
+    Under ``torch.autocast`` the heads return half-precision tensors; geometry, scores and losses are
+    computed from them after this widening (a float64 model keeps float64).
+    """
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _upcast(t: Tensor) -> Tensor:
     """Half-precision boxes overflow in products like w * h (65504 max): compute those in float32."""
     if t.is_floating_point():

@@ -56,6 +56,10 @@ from torch import Tensor
 from . import _native
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    return device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+
+
 def _pair(output_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
     if isinstance(output_size, int):
         size = (output_size, output_size)
@@ -207,22 +211,30 @@ def roi_align(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
+    *,
+    check_indices: bool = True,
 ) -> Tensor:
     """ROIAlign: pool a fixed ``output_size`` feature for each region of interest.
 
     Args:
         input: ``(N, C, H, W)`` feature maps of a batch of N images (floating point).
-        rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``, in image pixels, same dtype and device
-            as ``input``.
+        rois: ``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]``, in image pixels, same device as ``input``
+            and the same dtype, except under ``torch.autocast`` (see below).
         output_size: ``out_h`` and ``out_w``: an int for a square output, or a pair.
         spatial_scale: factor from image pixels to feature-map cells (1 / stride).
         sampling_ratio: lattice points per bin and axis; ``<= 0``: adaptive, ``ceil(roi size / bins)``.
         aligned: subtract half a cell so that sample points line up with pixel centers (see module doc).
+        check_indices: raise a ValueError naming the bad values unless every ``rois[:, 0]`` is an image of
+            the batch. Reading that answer back costs a device sync, so callers that build ``rois``
+            themselves (the model's poolers and mask targets) pass False; the native kernels still refuse
+            a bad index (an IndexError), and the reference's lookup fails on one.
 
     Returns:
         ``(K, C, out_h, out_w)``, differentiable with respect to ``input`` and the box coordinates.
 
-    Half and bfloat16 inputs are computed in float32 and returned in their own dtype.
+    Half and bfloat16 inputs are computed in float32 and returned in their own dtype. Under
+    ``torch.autocast`` (for the input's device) ``input`` and ``rois`` may differ in dtype, as torchvision's
+    autocast rule allows: both are computed in float32 and the result has ``input``'s dtype.
     """
     if not isinstance(input, Tensor) or input.dim() != 4:
         shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
@@ -234,14 +246,15 @@ def roi_align(
         raise ValueError(
             f"roi_align: rois must have shape (K, 5) with rows [batch_index, x1, y1, x2, y2], got {shape}"
         )
-    if rois.dtype != input.dtype:
-        raise TypeError(f"roi_align: rois must have the dtype of input ({input.dtype}), got {rois.dtype}")
+    if rois.dtype != input.dtype and not _autocast_enabled(input.device.type):
+        raise TypeError(f"roi_align: rois must have the dtype of input ({input.dtype}) outside torch.autocast, "
+                        f"got {rois.dtype}")
     if rois.device != input.device:
         raise ValueError(f"roi_align: rois must be on the device of input ({input.device}), got {rois.device}")
     size = _pair(output_size)
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise TypeError(f"roi_align: sampling_ratio must be an int, got {sampling_ratio!r}")
-    if rois.shape[0] > 0:
+    if check_indices and rois.shape[0] > 0:
         batch_index = rois[:, 0]
         bad = (batch_index < 0) | (batch_index >= input.shape[0]) | (batch_index != batch_index.floor())
         if bool(bad.any()):

@@ -155,3 +155,55 @@ def test_bad_inputs_name_the_field():
         transform([torch.rand(3, 10, 10)], [bad_masks])
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):
         transform([torch.rand(3, 10, 10)], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
+
+
+def paste_per_detection(masks, boxes, height, width):
+    """torchvision's way: one F.interpolate per detection into its integer box, copied into a canvas."""
+    import torch.nn.functional as F
+
+    from maskrcnn.modeling.paste_masks import integer_boxes
+    padded = F.pad(masks, (1, 1, 1, 1))
+    out = torch.zeros(masks.shape[0], 1, height, width)
+    for k, (x1, y1, x2, y2) in enumerate(integer_boxes(boxes, masks.shape[-1], 1).tolist()):
+        resized = F.interpolate(padded[k:k + 1], size=(max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)),
+                                mode="bilinear", align_corners=False)[0, 0]
+        top, left, bottom, right = max(y1, 0), max(x1, 0), min(y2 + 1, height), min(x2 + 1, width)
+        if top < bottom and left < right:
+            out[k, 0, top:bottom, left:right] = resized[top - y1:bottom - y1, left - x1:right - x1]
+    return out
+
+
+def random_detections(generator, count, height, width):
+    masks = torch.rand(count, 1, 28, 28, generator=generator)
+    corners = torch.rand(count, 2, generator=generator) * torch.tensor([width * 1.3, height * 1.3]) - 10
+    sizes = torch.rand(count, 2, generator=generator) * torch.tensor([width, height]) * 0.8 + 0.2
+    return masks, torch.cat([corners, corners + sizes], dim=1)
+
+
+def test_paste_all_at_once_agrees_with_per_detection_interpolate():
+    """Same formula as F.interpolate; its CPU kernel fuses multiply-adds, so values may differ by the
+    rounding of the source coordinate (< ulp(30) = 2**-19 per axis) plus a few float32 steps of 1."""
+    generator = torch.Generator().manual_seed(3)
+    bound = 2 * 2.0 ** -19 + 4 * 2.0 ** -23
+    for height, width in [(50, 60), (97, 33), (128, 200)]:
+        masks, boxes = random_detections(generator, 25, height, width)
+        ours = paste_masks_in_image(masks, boxes, (height, width))
+        expected = paste_per_detection(masks, boxes, height, width)
+        assert ((ours - expected).abs() <= bound).all()
+        assert torch.equal(ours == 0, expected == 0)  # the same pixels lie inside the boxes
+
+
+def test_paste_chunks_and_crops_give_the_same_values(monkeypatch):
+    from maskrcnn.modeling import paste_masks
+    generator = torch.Generator().manual_seed(4)
+    masks, boxes = random_detections(generator, 30, 70, 90)
+    whole = paste_masks_in_image(masks, boxes, (70, 90))
+    monkeypatch.setattr(paste_masks, "CHUNK_PIXELS", 3 * 70 * 90 + 5)  # chunks of 3 detections
+    assert torch.equal(paste_masks_in_image(masks, boxes, (70, 90)), whole)
+    crops = paste_masks.paste_masks_in_crops(masks, boxes, (70, 90))
+    canvas, start = torch.zeros_like(whole), 0
+    for k, (x1, y1, x2, y2) in enumerate(crops.rects.tolist()):
+        end = start + (x2 - x1) * (y2 - y1)
+        canvas[k, 0, y1:y2, x1:x2] = crops.values[start:end].view(y2 - y1, x2 - x1)
+        start = end
+    assert start == crops.values.numel() and torch.equal(canvas, whole)  # and nothing outside the crops
