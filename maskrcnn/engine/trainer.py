@@ -78,11 +78,8 @@ from maskrcnn.engine.checkpoint import (
 from maskrcnn.engine.distributed import (
     DistributedInfo,
     all_gather_object,
-<<<<<<< HEAD
     configure_threads,
-=======
     ddp_without_buffer_sync,
->>>>>>> native
     destroy_distributed,
     init_distributed,
     per_rank_batch_size,
