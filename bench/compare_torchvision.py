@@ -23,8 +23,8 @@ Models. ``torchvision (frozen BN)`` is built the way ours is laid out: ``resnet5
 FrozenBatchNorm2d)``, 3 trainable ResNet stages, FPN with a max-pool P6, ``MaskRCNN(num_classes=14)``.
 ``torchvision (plain)`` is ``maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)``, what one gets without
 ImageNet weights: ``BatchNorm2d`` (batch statistics in training) and all 5 stages trainable. The frozen-BN
-model's weights (torchvision's initialization, seed 0, and random norm statistics) are loaded into the plain
-one and, through ``maskrcnn.checkpoint.convert_torchvision``, into ours.
+model's weights (random, seeded, scaled by the fan-in, random norm statistics: the parity fixture's recipe)
+are loaded into the plain one and, through ``maskrcnn.checkpoint.convert_torchvision``, into ours.
 
 Protocol. First the outputs are checked (the run stops if they differ): inference detections matched as sets
 (same label, IoU > 0.99, scores within 1e-4) and their masks; the training losses with both samplers keeping
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -67,14 +68,19 @@ def torchvision_models():
 
     torch.manual_seed(0)
     frozen = MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=NUM_CLASSES + 1)
+    # Well-conditioned random weights (the recipe of the parity fixture, tests/fixtures): a network whose
+    # activations grow layer after layer would turn float32 rounding into different detections.
     generator = torch.Generator().manual_seed(1)
-    for name, tensor in frozen.state_dict().items():  # random statistics, so that the norms are not the identity
+    for name, tensor in frozen.state_dict().items():
+        r = torch.randn(tensor.shape, generator=generator)
         if name.endswith("running_var"):
-            tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
-        elif name.endswith("running_mean"):
-            tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
-        elif ".bn" in name or "downsample.1" in name:
-            tensor.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(tensor.shape, generator=generator))
+            tensor.copy_(0.5 + r.abs())
+        elif name.endswith("running_mean") or (tensor.dim() == 1 and name.endswith("bias")):
+            tensor.copy_(0.1 * r)
+        elif tensor.dim() == 1:
+            tensor.copy_(1 + 0.1 * r)
+        else:
+            tensor.copy_(r / math.sqrt(math.prod(tensor.shape[1:])))
     plain = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1)
     missing, unexpected = plain.load_state_dict(frozen.state_dict(), strict=False)
     assert not unexpected and all(name.endswith("num_batches_tracked") for name in missing)

@@ -121,3 +121,26 @@ def test_resnet_under_bfloat16_autocast_returns_bfloat16_close_to_float32():
         assert out.dtype == torch.bfloat16
         # bfloat16 keeps 8 significant bits; ~20 layers of rounding leave a few percent of the level's range
         assert float((out.float() - ref).abs().max()) <= 0.05 * float(ref.abs().max())
+
+
+def test_training_under_bfloat16_autocast_gives_float32_gradients_close_to_float32_training():
+    torch.manual_seed(3)
+    model = ResNet(18, frozen_stages=2)
+    x = torch.rand(1, 3, 64, 64)
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        sum(level.float().square().mean() for level in model(x)).backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    reference = gradients()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = gradients()
+    assert sorted(mixed) == sorted(reference) and len(mixed) == 15  # res3-res5 convs
+    assert all(grad.dtype == torch.float32 for grad in mixed.values())
+    # bfloat16 keeps 8 significant bits: over all trained weights the gradient differs from float32's by 2-3 %
+    # (norm of the difference over the norm), measured for seeds 3-5, and so does an unfolded ResNet's
+    # (textbook conv -> norm -> relu under autocast): 2.4-2.6 %.
+    flat = torch.cat([mixed[name].flatten() for name in sorted(mixed)])
+    flat_reference = torch.cat([reference[name].flatten() for name in sorted(reference)])
+    assert float((flat - flat_reference).norm() / flat_reference.norm()) <= 0.05
