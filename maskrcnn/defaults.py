@@ -7,7 +7,7 @@ is ``None`` or an empty list. ``maskrcnn.config`` reads this tree, checks YAML f
 overrides against it, and refuses unknown keys.
 
 The model defaults reproduce torchvision's ``maskrcnn_resnet50_fpn`` (v1) exactly (see
-``../shared/DESIGN.md`` and ``docs/architecture.md``), so that torchvision checkpoints load and
+``docs/conventions.md`` and ``docs/architecture.md``), so that torchvision checkpoints load and
 give the same outputs. Sections are owned by the part of the code that reads them.
 """
 from __future__ import annotations
@@ -140,6 +140,7 @@ DEFAULTS = {
         "aspect_ratio_grouping": K(True, "Batch landscape and portrait images separately, so padding to a common size wastes fewer pixels (as torchvision and detectron2)."),
         "drop_last": K(False, "False: pad each epoch by repeating a few images so every rank gets the same number of full batches; True: leave up to world_size*batch-1 images out instead (ranks strictly disjoint)."),
         "pin_memory": K(True, "Page-locked batches for faster host-to-GPU copies; only used when training on CUDA."),
+        "repeat_factor_threshold": K(0.0, "Class-balanced sampling (LVIS repeat factors): an image is shown max(1, sqrt(t / f)) times per epoch on average, f = the image fraction of its rarest class; 0 = off (every image once, as the standard recipes); try 0.1-0.3 for imbalanced fashion data (docs/tuning.md)."),
     },
     "solver": {
         "ims_per_batch": K(16, "Global batch: images per iteration summed over all processes (detectron2 1x)."),

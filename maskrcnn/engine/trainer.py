@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from maskrcnn.data import AspectRatioBatchSampler, FashionDataset, build_augmentations, collate, load_split, to_device
+from maskrcnn.data.samplers import training_repeat_factors
 from maskrcnn.engine.checkpoint import (
     checkpoint_path,
     find_last_checkpoint,
@@ -189,7 +190,7 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
     batch_sampler = AspectRatioBatchSampler(
         train_dataset.aspect_ratios(), images_per_rank, seed=cfg.seed, rank=info.rank,
         world_size=info.world_size, group_by_aspect_ratio=cfg.dataloader.aspect_ratio_grouping,
-        drop_last=cfg.dataloader.drop_last)
+        drop_last=cfg.dataloader.drop_last, repeat_factors=training_repeat_factors(cfg, train_dataset.records, main))
     validation = load_validation_set(cfg, class_names, verbose=main)
 
     # ---- model, optimizer, schedule, resume ------------------------------------------------------
