@@ -176,7 +176,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-rows", nargs="*", default=list(EVAL_ROWS), choices=list(EVAL_ROWS))
     parser.add_argument("--warm-iters", type=int, default=500, help="iterations of the warm-up run")
     parser.add_argument("--warm", default="", help="checkpoint of an earlier warm-up run (skips phase 1)")
-    parser.add_argument("--iters", type=int, default=100, help="iterations of each row after the warm-up")
+    parser.add_argument("--iters", type=int, default=200, help="iterations of each row after the warm-up")
     parser.add_argument("--lr", type=float, default=0.002, help="constant learning rate of the rows")
     parser.add_argument("--size", type=int, default=96, help="input.min_size = input.max_size")
     parser.add_argument("--data", default="datasets/synthetic_ablation")

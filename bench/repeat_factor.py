@@ -73,6 +73,7 @@ def main(argv=None) -> None:
                         help="thresholds to train (default: 0 and --threshold; one each to run arms in parallel)")
     parser.add_argument("--data", default="datasets/synthetic_rare")
     parser.add_argument("--out", default="output/repeat_factor")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the data stay the same)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -85,7 +86,7 @@ def main(argv=None) -> None:
             f"solver.max_iter={iters}", f"solver.warmup_iters={max(1, iters // 10)}",
             f"solver.steps=[{iters * 3 // 4},{iters * 9 // 10}]", f"solver.checkpoint_period={iters}",
             f"input.min_size={args.size}", f"input.max_size={args.size}", "train.overlays=0",
-            "train.tensorboard=false", "eval.pictures=false", "train.log_period=50"]
+            "train.tensorboard=false", "eval.pictures=false", "train.log_period=50", f"seed={args.seed}"]
 
     from maskrcnn.data import load_split
     cfg = load_config(DEMO_CONFIG, overrides=base)

@@ -10,7 +10,7 @@ its masks are alpha-blended in that colour, its boxes outlined in it, and the le
 shown. Drawing conventions:
 
 - a mask pixel becomes ``floor((1 - alpha) * pixel + alpha * colour + 0.5)`` per channel;
-- a box ``[x1, y1, x2, y2]`` (no "+1", DESIGN.md) covers pixels ``x1 .. x2 - 1``: its outline is drawn
+- a box ``[x1, y1, x2, y2]`` (no "+1", docs/conventions.md) covers pixels ``x1 .. x2 - 1``: its outline is drawn
   on the outermost covered pixels, ``line_width`` pixels thick, inwards;
 - a tag reads ``"name"`` or ``"name 0.87"`` on a filled box of the class colour above the box (inside
   it when there is no room above);

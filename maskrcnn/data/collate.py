@@ -1,7 +1,7 @@
 """From samples to batches: the collate function, the training DataLoader, and moving a batch to a device.
 
 Detection images differ in size, so a batch is *not* stacked into one tensor here: it stays a list of images
-and a list of targets. The model's transform stage resizes, normalizes and pads them (DESIGN.md), so padding
+and a list of targets. The model's transform stage resizes, normalizes and pads them (docs/conventions.md), so padding
 happens once, on the device, with the model's own settings::
 
     loader = build_train_loader(cfg, load_split(cfg, "train"))   # or make_train_loader(dataset, ...)

@@ -1,6 +1,6 @@
 """Aspect-ratio grouping batch sampler, single-process or distributed.
 
-Images of one batch are padded to a common size (DESIGN.md: pad to the largest, then to a multiple of 32).
+Images of one batch are padded to a common size (docs/conventions.md: pad to the largest, then to a multiple of 32).
 Mixing a portrait and a landscape photo pads each to a square-ish canvas and wastes up to half the pixels, so
 detectron2 and torchvision put landscape images (width >= height) and portrait images in separate batches.
 
@@ -191,8 +191,9 @@ def format_repeat_factors(records: Sequence[Mapping], class_names: Sequence[str]
     for label, (name, frequency, factor) in enumerate(zip(class_names, frequencies, factors), start=1):
         lines.append(f"                      {label:5d}  {frequency:10.4f}  {factor:6.2f}  {name}")
     image_factors = repeat_factors(records, len(class_names), threshold)
+    repeated, most = int((image_factors > 1).sum()), image_factors.max(initial=1.0)
     lines.append(f"an epoch shows {image_factors.sum():.0f} images for {len(records)} "
-                 f"({int((image_factors > 1).sum())} images repeated, at most {image_factors.max(initial=1.0):.2f} times)")
+                 f"({repeated} images repeated, at most {most:.2f} times)")
     return "\n".join(lines)
 
 
