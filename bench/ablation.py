@@ -1,6 +1,6 @@
 """A small ablation table: short training runs on the synthetic set with one design choice changed per row.
 
-    python bench/ablation.py                          # warm-up run + every row (~25 min CPU)
+    python bench/ablation.py                          # warm-up + every row (about 15 min of CPU time)
     python bench/ablation.py --rows baseline aligned --iters 100 --data /tmp/synth --out /tmp/ablation
 
 Training the demo model from random weights crawls for its first ~400 iterations and then takes off
