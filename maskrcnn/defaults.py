@@ -47,7 +47,7 @@ DEFAULTS = {
         },
         "rpn": {
             "anchor_sizes": K([32, 64, 128, 256, 512], "One anchor size (sqrt of area, pixels) per level P2-P6 (FPN paper Sec. 4.1)."),
-            "aspect_ratios": K([0.5, 1.0, 2.0], "Anchor aspect ratios h/w at every level: 3 anchors per position."),
+            "aspect_ratios": K([0.5, 1.0, 2.0], "Anchor aspect ratios h/w at every level: 3 anchors per position; add 4.0 for long garments (pretrained RPN rows of the kept ratios still load, docs/tuning.md)."),
             "fg_iou_thresh": K(0.7, "Anchors with IoU >= this with a GT box are positive (Faster R-CNN)."),
             "bg_iou_thresh": K(0.3, "Anchors with IoU < this with every GT box are negative; in between is ignored."),
             "batch_size_per_image": K(256, "Anchors sampled per image for the RPN losses (Faster R-CNN: 256)."),
