@@ -138,7 +138,8 @@ def is_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
 
 def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbose: bool = True,
                        anchors: Optional[Mapping] = None) -> Dict[str, List[str]]:
-    """Copy ``state_dict`` into ``model``; return ``{"loaded", "skipped", "reinitialized", "missing"}`` names.
+    """Copy ``state_dict`` into ``model``; return ``{"loaded", "skipped", "reinitialized", "missing", "adapted"}``
+    names and ``"notes"`` (lines for the report).
 
     - torchvision / ImageNet layouts are converted first (:func:`convert_torchvision`);
     - ``loaded``: same name and shape, copied;
@@ -178,6 +179,7 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbo
             raise ValueError(f"state_dict[{name!r}]: shape {tuple(tensor.shape)} does not fit the model's "
                              f"{tuple(own[name].shape)} (only the class-dependent predictor layers may differ)")
     report["missing"] = [name for name in own if name not in state_dict]
+    report["notes"] += anchor_size_notes(anchors, model)
     model.load_state_dict(to_load, strict=False)
     if verbose:
         print(format_load_report(report))
@@ -271,13 +273,20 @@ def adapt_rpn_anchors(name: str, tensor: Tensor, own: Tensor, source: Optional[M
         adapted[new * group:(new + 1) * group] = tensor[old * group:(old + 1) * group]
     kept = [target["aspect_ratios"][new] for new, _ in pairs]
     fresh = [r for i, r in enumerate(target["aspect_ratios"]) if i not in {new for new, _ in pairs}]
-    same_sizes = [float(v) for v in source["anchor_sizes"]] == [float(v) for v in target["anchor_sizes"]]
-    listed = lambda values: "[" + ", ".join(f"{float(v):g}" for v in values) + "]"  # noqa: E731
-    sizes = "" if same_sizes else (f" (anchor sizes differ: {listed(source['anchor_sizes'])} in the checkpoint, "
-                                   f"{listed(target['anchor_sizes'])} in the model)")
     report["notes"].append(f"rpn.head anchors per position {num_source} -> {num_target}: kept the checkpoint's "
-                           f"ratios {kept or 'none'}, initialized new ratios {fresh or 'none'}{sizes}")
+                           f"ratios {kept or 'none'}, initialized new ratios {fresh or 'none'}")
     return adapted
+
+
+def anchor_size_notes(source: Optional[Mapping], model: nn.Module) -> List[str]:
+    """A report line when the checkpoint's anchor sizes are known and differ from the model's (shapes do not
+    change, so the RPN rows load by ratio and now serve other sizes); else nothing."""
+    target = model_anchors(model)
+    if source is None or [float(v) for v in source["anchor_sizes"]] == [float(v) for v in target["anchor_sizes"]]:
+        return []
+    listed = lambda values: "[" + ", ".join(f"{float(v):g}" for v in values) + "]"  # noqa: E731
+    return [f"rpn anchor sizes differ: {listed(source['anchor_sizes'])} in the checkpoint, "
+            f"{listed(target['anchor_sizes'])} in the model; the RPN rows serve the new sizes by ratio"]
 
 
 def checkpoint_anchors(path: str) -> Optional[Dict[str, list]]:

@@ -213,5 +213,13 @@ def test_anchor_surgery_needs_the_checkpoints_anchors_and_notes_other_sizes(tmp_
     load_model_weights(model, torchvision_weights)
     assert torch.equal(model.state_dict()["rpn.head.objectness.bias"][:3],
                        torchvision_weights["rpn.head.cls_logits.bias"])
-    assert ("kept the checkpoint's ratios [0.5, 1.0, 2.0], initialized new ratios [4.0] (anchor sizes differ: "
-            "[32, 64, 128, 256, 512] in the checkpoint, [16, 32, 64, 128, 256] in the model)") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "kept the checkpoint's ratios [0.5, 1.0, 2.0], initialized new ratios [4.0]" in out
+    assert ("rpn anchor sizes differ: [32, 64, 128, 256, 512] in the checkpoint, [16, 32, 64, 128, 256] in the "
+            "model; the RPN rows serve the new sizes by ratio") in out
+    # only the sizes differ: every tensor loads as before, and the report still says so
+    same_ratios = model_with_ratios([0.5, 1.0, 2.0], sizes=[16, 32, 64, 128, 256])
+    report = load_model_weights(same_ratios, torchvision_weights, verbose=False)
+    assert len(report["loaded"]) == 307 and report["adapted"] == []
+    assert report["notes"] == ["rpn anchor sizes differ: [32, 64, 128, 256, 512] in the checkpoint, "
+                               "[16, 32, 64, 128, 256] in the model; the RPN rows serve the new sizes by ratio"]
