@@ -21,13 +21,22 @@ what was loaded, skipped (in the file, not in the model) and re-initialized.
 ``train.py --resume`` / ``--eval-only``, ``infer.py``): ``torch.load(weights_only=True)``, and a file it cannot
 use -- empty, truncated, an image renamed ``.pth``, a bare tensor, a pickle that would run code -- raises
 :class:`CheckpointError` ``"FILE: not a loadable checkpoint (reason)"`` (never torch's advice to load unsafely).
+
+Anchor surgery (:func:`adapt_rpn_anchors`): when the anchors per position differ (say a tall ratio 4 added for
+long garments: 3 -> 4 anchors), the RPN's two 1x1 predictors change shape -- ``objectness`` has 1 output
+channel per anchor, ``box_deltas`` 4 (channel ``4 * a + k``). The rows of the anchors that exist in both
+configurations (the same ratio; the size comes from the level, since one head serves every level) are copied,
+the new anchors' rows keep their fresh initialization, and the load report says which is which. The same
+happens when the count is equal but the ratios or their order differ, which would otherwise load silently
+into the wrong anchors. It needs the checkpoint's anchors: our checkpoints store their config
+(:func:`checkpoint_anchors`); torchvision checkpoints use torchvision's (sizes 32-512, ratios 0.5, 1, 2).
 """
 from __future__ import annotations
 
 import os
 import pickle
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +50,12 @@ PREDICTOR_PREFIXES = (
     "roi_heads.box_predictor.box_deltas.",
     "roi_heads.mask_head.logits.",
 )
+
+# The RPN's per-anchor predictors: rows (output channels) come in groups of 1 and 4 per anchor.
+RPN_ANCHOR_PREFIXES = ("rpn.head.objectness.", "rpn.head.box_deltas.")
+
+# Anchors of torchvision's maskrcnn_resnet50_fpn (one size per level P2-P6, ratios h/w), for its checkpoints.
+TORCHVISION_ANCHORS = {"anchor_sizes": [32, 64, 128, 256, 512], "aspect_ratios": [0.5, 1.0, 2.0]}
 
 # torchvision name pattern -> our name (applied after the backbone trunk's table); \1 keeps an index.
 _HEAD_RULES = [
@@ -127,9 +142,10 @@ def is_torchvision_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
     return any(n.startswith("backbone.body.") or n == "conv1.weight" for n in state_dict)
 
 
-def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbose: bool = True
-                       ) -> Dict[str, List[str]]:
-    """Copy ``state_dict`` into ``model``; return ``{"loaded", "skipped", "reinitialized", "missing"}`` names.
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbose: bool = True,
+                       anchors: Optional[Mapping] = None) -> Dict[str, List[str]]:
+    """Copy ``state_dict`` into ``model``; return ``{"loaded", "skipped", "reinitialized", "missing", "adapted"}``
+    names and ``"notes"`` (lines for the report).
 
     - torchvision / ImageNet layouts are converted first (:func:`convert_torchvision`);
     - ``loaded``: same name and shape, copied;
@@ -137,18 +153,29 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbo
       model keeps its fresh initialization;
     - ``skipped``: in the file but not in the model;
     - ``missing``: in the model but not in the file (keeps its initialization; e.g. the heads when loading
-      an ImageNet backbone).
+      an ImageNet backbone);
+    - ``adapted``: an RPN predictor whose anchors differ (count, ratios or their order): the rows of the anchors
+      both configurations share are copied, the others keep their initialization (:func:`adapt_rpn_anchors`);
+      ``notes`` says which.
+      ``anchors`` is the checkpoint's ``{"anchor_sizes", "aspect_ratios"}`` (:func:`checkpoint_anchors`);
+      None means torchvision's for torchvision layouts and unknown otherwise (then a mismatch is an error).
 
     Any other shape mismatch raises ValueError naming the key. With ``verbose`` a table is printed.
     """
     if is_torchvision_state_dict(state_dict):
         state_dict = convert_torchvision(state_dict)
+        anchors = TORCHVISION_ANCHORS if anchors is None else anchors
     own = model.state_dict()
-    report: Dict[str, List[str]] = {"loaded": [], "reinitialized": [], "skipped": [], "missing": []}
+    report: Dict[str, List[str]] = {"loaded": [], "reinitialized": [], "skipped": [], "missing": [], "adapted": [],
+                                    "notes": []}
     to_load = {}
     for name, tensor in state_dict.items():
         if name not in own:
             report["skipped"].append(name)
+        elif name.startswith(RPN_ANCHOR_PREFIXES) and (own[name].shape != tensor.shape
+                                                         or ratios_differ(anchors, model)):
+            to_load[name] = adapt_rpn_anchors(name, tensor, own[name], anchors, model, report)
+            report["adapted"].append(name)
         elif own[name].shape == tensor.shape:
             to_load[name] = tensor
             report["loaded"].append(name)
@@ -158,6 +185,7 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbo
             raise ValueError(f"state_dict[{name!r}]: shape {tuple(tensor.shape)} does not fit the model's "
                              f"{tuple(own[name].shape)} (only the class-dependent predictor layers may differ)")
     report["missing"] = [name for name in own if name not in state_dict]
+    report["notes"] += anchor_size_notes(anchors, model)
     model.load_state_dict(to_load, strict=False)
     if verbose:
         print(format_load_report(report))
@@ -167,11 +195,14 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, Tensor], verbo
 def format_load_report(report: Mapping[str, List[str]]) -> str:
     """A small text table: one row per group, with a count and the names (shortened per module)."""
     lines = [f"{'group':<14} {'count':>5}  names"]
-    for group in ("loaded", "reinitialized", "skipped", "missing"):
+    for group in ("loaded", "reinitialized", "skipped", "missing", "adapted"):
         names = report.get(group, [])
+        if group == "adapted" and not names:
+            continue
         modules = sorted({name.rsplit(".", 1)[0] for name in names})
         shown = ", ".join(modules[:6]) + (f", ... (+{len(modules) - 6} modules)" if len(modules) > 6 else "")
         lines.append(f"{group:<14} {len(names):>5}  {shown}")
+    lines += list(dict.fromkeys(report.get("notes", [])))  # each note once
     return "\n".join(lines)
 
 
@@ -287,3 +318,90 @@ def check_class_names(path: str, saved: Optional[Sequence[str]], data_names: Seq
         return
     raise CheckpointError(f"{path}: trained for the classes {list(saved)}, but the data ({data_source}) has "
                           f"{list(data_names)}{'; ' + hint if hint else ''}")
+
+
+# ------------------------------------------------------------------------------------------ anchor surgery
+def model_anchors(model: nn.Module) -> Dict[str, list]:
+    """``{"anchor_sizes", "aspect_ratios"}`` of a model's RPN (one size per level, ratios shared by the levels)."""
+    generator = model.rpn.anchor_generator
+    return {"anchor_sizes": [size for level in generator.sizes for size in level],
+            "aspect_ratios": list(generator.aspect_ratios[0])}
+
+
+def match_anchors(source: Mapping, target: Mapping) -> List[Tuple[int, int]]:
+    """``(target index, source index)`` of every anchor present in both anchor configurations.
+
+    Anchor ``a`` of a position is aspect ratio ``a`` (compared to 1e-6) at the level's size. The head is shared
+    by every level, so a row means a ratio whatever the sizes; when the size lists differ, the kept rows serve
+    the new sizes (as they would if only the sizes had changed) and the report says so.
+    """
+    pairs = []
+    for new, ratio in enumerate(target["aspect_ratios"]):
+        olds = [old for old, r in enumerate(source["aspect_ratios"]) if abs(float(r) - float(ratio)) <= 1e-6]
+        if olds:
+            pairs.append((new, olds[0]))
+    return pairs
+
+
+def ratios_differ(source: Optional[Mapping], model: nn.Module) -> bool:
+    """True when the checkpoint's anchors are known and their ratios (or order) differ from the model's."""
+    if source is None:
+        return False
+    target = model_anchors(model)["aspect_ratios"]
+    ratios = source["aspect_ratios"]
+    return len(ratios) != len(target) or any(abs(float(a) - float(b)) > 1e-6 for a, b in zip(ratios, target))
+
+
+def adapt_rpn_anchors(name: str, tensor: Tensor, own: Tensor, source: Optional[Mapping], model: nn.Module,
+                      report: Dict[str, List[str]]) -> Tensor:
+    """The model's ``own`` RPN predictor tensor with the rows of the anchors it shares with the checkpoint
+    copied from ``tensor``; a note for the load report goes to ``report["notes"]``.
+
+    ``tensor`` has ``A_src * g`` rows and ``own`` ``A * g`` (``g`` = 1 for objectness, 4 for box deltas; row
+    ``g * a + k`` belongs to anchor ``a``). Raises ValueError when the checkpoint's anchors are unknown or
+    disagree with its tensor's row count.
+    """
+    target = model_anchors(model)
+    if source is None:
+        raise ValueError(f"state_dict[{name!r}]: {tensor.shape[0]} rows for the model's {own.shape[0]}: the number "
+                         f"of anchors per position differs, and the file stores no config saying which anchors it "
+                         f"has (model.rpn.aspect_ratios); load it into a model with its own anchor settings")
+    num_source, num_target = len(source["aspect_ratios"]), len(target["aspect_ratios"])
+    group = own.shape[0] // num_target  # rows per anchor: 1 or 4
+    if tensor.shape[0] != group * num_source or tensor.shape[1:] != own.shape[1:]:
+        raise ValueError(f"state_dict[{name!r}]: shape {tuple(tensor.shape)} does not fit the checkpoint's "
+                         f"{num_source} anchors per position ({list(source['aspect_ratios'])})")
+    pairs = match_anchors(source, target)
+    adapted = own.clone()
+    for new, old in pairs:
+        adapted[new * group:(new + 1) * group] = tensor[old * group:(old + 1) * group]
+    kept = [target["aspect_ratios"][new] for new, _ in pairs]
+    fresh = [r for i, r in enumerate(target["aspect_ratios"]) if i not in {new for new, _ in pairs}]
+    report["notes"].append(f"rpn.head anchors per position {num_source} -> {num_target}: kept the checkpoint's "
+                           f"ratios {kept or 'none'}, initialized new ratios {fresh or 'none'}")
+    return adapted
+
+
+def anchor_size_notes(source: Optional[Mapping], model: nn.Module) -> List[str]:
+    """A report line when the checkpoint's anchor sizes are known and differ from the model's (shapes do not
+    change, so the RPN rows load by ratio and now serve other sizes); else nothing."""
+    target = model_anchors(model)
+    if source is None or [float(v) for v in source["anchor_sizes"]] == [float(v) for v in target["anchor_sizes"]]:
+        return []
+    listed = lambda values: "[" + ", ".join(f"{float(v):g}" for v in values) + "]"  # noqa: E731
+    return [f"rpn anchor sizes differ: {listed(source['anchor_sizes'])} in the checkpoint, "
+            f"{listed(target['anchor_sizes'])} in the model; the RPN rows serve the new sizes by ratio"]
+
+
+def checkpoint_anchors(path: str) -> Optional[Dict[str, list]]:
+    """``{"anchor_sizes", "aspect_ratios"}`` from the config stored in one of our checkpoints; None for a file
+    without one (a bare state dict, torchvision or ImageNet weights). Reads no tensor data (memory-mapped)."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError):  # an old (non-zip) file cannot be memory-mapped
+        return None
+    config = content.get("config") if isinstance(content, Mapping) else None
+    rpn = (config or {}).get("model", {}).get("rpn", {}) if isinstance(config, Mapping) else {}
+    if "anchor_sizes" not in rpn or "aspect_ratios" not in rpn:
+        return None
+    return {"anchor_sizes": list(rpn["anchor_sizes"]), "aspect_ratios": list(rpn["aspect_ratios"])}

@@ -7,7 +7,7 @@ is ``None`` or an empty list. ``maskrcnn.config`` reads this tree, checks YAML f
 overrides against it, and refuses unknown keys.
 
 The model defaults reproduce torchvision's ``maskrcnn_resnet50_fpn`` (v1) exactly (see
-``../shared/DESIGN.md`` and ``docs/architecture.md``), so that torchvision checkpoints load and
+``docs/conventions.md`` and ``docs/architecture.md``), so that torchvision checkpoints load and
 give the same outputs. Sections are owned by the part of the code that reads them.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ DEFAULTS = {
         },
         "rpn": {
             "anchor_sizes": K([32, 64, 128, 256, 512], "One anchor size (sqrt of area, pixels) per level P2-P6 (FPN paper Sec. 4.1)."),
-            "aspect_ratios": K([0.5, 1.0, 2.0], "Anchor aspect ratios h/w at every level: 3 anchors per position."),
+            "aspect_ratios": K([0.5, 1.0, 2.0], "Anchor aspect ratios h/w at every level: 3 anchors per position; add 4.0 for long garments (pretrained RPN rows of the kept ratios still load, docs/tuning.md)."),
             "fg_iou_thresh": K(0.7, "Anchors with IoU >= this with a GT box are positive (Faster R-CNN)."),
             "bg_iou_thresh": K(0.3, "Anchors with IoU < this with every GT box are negative; in between is ignored."),
             "batch_size_per_image": K(256, "Anchors sampled per image for the RPN losses (Faster R-CNN: 256)."),
@@ -150,6 +150,7 @@ DEFAULTS = {
         "aspect_ratio_grouping": K(True, "Batch landscape and portrait images separately, so padding to a common size wastes fewer pixels (as torchvision and detectron2)."),
         "drop_last": K(False, "False: pad each epoch by repeating a few images so every rank gets the same number of full batches; True: leave up to world_size*batch-1 images out instead (ranks strictly disjoint)."),
         "pin_memory": K(True, "Page-locked batches for faster host-to-GPU copies; only used when training on CUDA."),
+        "repeat_factor_threshold": K(0.0, "Class-balanced sampling (LVIS repeat factors): an image is shown max(1, sqrt(t / f)) times per epoch on average, f = the image fraction of its rarest class; 0 = off (every image once, as the standard recipes); try 0.1-0.3 for imbalanced fashion data (docs/tuning.md)."),
     },
     "solver": {
         "ims_per_batch": K(16, "Global batch: images per iteration summed over all processes (detectron2 1x)."),

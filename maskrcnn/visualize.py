@@ -25,7 +25,7 @@ Pixel conventions (at the drawn scale):
 
 - a mask pixel becomes ``floor((1 - alpha) * pixel + alpha * colour + 0.5)`` per channel (blended at
   the image's own size, then enlarged with the photo);
-- a box ``[x1, y1, x2, y2]`` (no "+1", docs/architecture.md) covers pixels ``x1 .. x2 - 1``: its outline
+- a box ``[x1, y1, x2, y2]`` (no "+1", docs/conventions.md) covers pixels ``x1 .. x2 - 1``: its outline
   is drawn on the outermost covered pixels, ``line_width`` pixels thick, inwards.
 """
 from __future__ import annotations

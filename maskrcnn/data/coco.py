@@ -8,7 +8,7 @@ compressed RLE ``{"size": [h, w], "counts": str}`` (Fashionpedia) or an uncompre
 integer ``counts`` (COCO crowds); all three are kept as they are in the record and rasterized by
 pycocotools (``records.segmentation_to_mask``).
 
-Dataset quirks handled here (FACTS.md section 1):
+Dataset quirks handled here (docs/conventions.md section 2):
 - ModaNet's annotation ids start at 0, and pycocotools' COCOeval treats a ground-truth id of 0 as "no
   match". Record annotation ids are therefore always positive and unique: the source ids when they
   already are, else the 1-based position in the file (the source id is kept as ``source_id``).

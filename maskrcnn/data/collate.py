@@ -1,7 +1,7 @@
 """From samples to batches: the collate function, the training DataLoader, and moving a batch to a device.
 
 Detection images differ in size, so a batch is *not* stacked into one tensor here: it stays a list of images
-and a list of targets. The model's transform stage resizes, normalizes and pads them (DESIGN.md), so padding
+and a list of targets. The model's transform stage resizes, normalizes and pads them (docs/conventions.md), so padding
 happens once, on the device, with the model's own settings::
 
     loader = build_train_loader(cfg, load_split(cfg, "train"))   # or make_train_loader(dataset, ...)
@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from .dataset import FashionDataset
-from .samplers import AspectRatioBatchSampler
+from .samplers import AspectRatioBatchSampler, training_repeat_factors
 from .transforms import build_augmentations
 
 
@@ -40,7 +40,7 @@ def to_device(images: Sequence[torch.Tensor], targets: Sequence[dict], device) -
 
 def make_train_loader(dataset, images_per_rank: int, num_workers: int = 2, seed: int = 0,
                       rank: Optional[int] = None, world_size: Optional[int] = None, aspect_ratio_grouping: bool = True, drop_last: bool = False,
-                      pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                      pin_memory: bool = False, repeat_factors=None) -> torch.utils.data.DataLoader:
     """A DataLoader over ``dataset`` (a ``FashionDataset``) batched by ``AspectRatioBatchSampler``.
 
     Args:
@@ -48,12 +48,12 @@ def make_train_loader(dataset, images_per_rank: int, num_workers: int = 2, seed:
         num_workers: decoding processes (0 decodes in the main process, easiest to debug).
         seed: shuffling seed, the same on every rank (augmentation seeds come from the dataset's own seed).
         rank, world_size: this process's place in the distributed group (None: from ``torch.distributed``).
-        aspect_ratio_grouping, drop_last: see ``AspectRatioBatchSampler``.
+        aspect_ratio_grouping, drop_last, repeat_factors: see ``AspectRatioBatchSampler``.
         pin_memory: page-locked batches for faster host-to-GPU copies (useful with CUDA only).
     """
     sampler = AspectRatioBatchSampler(dataset.aspect_ratios(), images_per_rank, seed=seed, rank=rank,
                                       world_size=world_size, group_by_aspect_ratio=aspect_ratio_grouping,
-                                      drop_last=drop_last)
+                                      drop_last=drop_last, repeat_factors=repeat_factors)
     # persistent_workers stays False: workers are re-created each epoch with the dataset's new epoch number.
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                        collate_fn=collate, pin_memory=pin_memory, persistent_workers=False)
@@ -92,4 +92,5 @@ def build_train_loader(cfg, records, world_size: Optional[int] = None, rank: Opt
     return make_train_loader(dataset, images_per_rank=batch // world_size, num_workers=cfg.dataloader.num_workers,
                              seed=cfg.seed, rank=rank, world_size=world_size,
                              aspect_ratio_grouping=cfg.dataloader.aspect_ratio_grouping,
-                             drop_last=cfg.dataloader.drop_last, pin_memory=cfg.dataloader.pin_memory and cuda)
+                             drop_last=cfg.dataloader.drop_last, pin_memory=cfg.dataloader.pin_memory and cuda,
+                             repeat_factors=training_repeat_factors(cfg, dataset.records))

@@ -25,7 +25,7 @@ readably. :func:`validate_record` checks one against this schema. The class name
 records in a :class:`RecordSet` (label ``k`` is ``class_names[k - 1]``; background is label 0 and has
 no entry), which ``maskrcnn.data.load_dataset`` returns.
 
-Mask and box conventions (DESIGN.md): a box computed from a binary mask spans whole pixels,
+Mask and box conventions (docs/conventions.md): a box computed from a binary mask spans whole pixels,
 ``[x_min, y_min, x_max + 1, y_max + 1]`` of the mask's pixel indices; a polygon's box is the min/max
 of its vertices. pycocotools rasterizes a polygon so that the two agree for integer vertices.
 """

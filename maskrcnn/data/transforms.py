@@ -14,7 +14,7 @@ and returns a new ``(image, target)``. The file has two layers:
 * ``Random*`` classes, each with a probability and a range, that draw their parameters from a
   ``torch.Generator`` passed in explicitly (no global RNG), so one seed reproduces one output.
 
-Box rule (DESIGN.md): a box computed from a mask spans whole pixels, ``[x_min, y_min, x_max + 1, y_max + 1]``.
+Box rule (docs/conventions.md): a box computed from a mask spans whole pixels, ``[x_min, y_min, x_max + 1, y_max + 1]``.
 Flips map such a box exactly to the box of the flipped mask; every other geometric operation resamples the
 masks and then *recomputes* the boxes from them (``records.masks_to_boxes``), so after any geometric
 augmentation each box is the tight box of its mask. An instance whose mask becomes empty is dropped; an
@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .records import masks_to_boxes  # (N, H, W) -> (N, 4) tight whole-pixel boxes, DESIGN.md rule
+from .records import masks_to_boxes  # (N, H, W) -> (N, 4) tight whole-pixel boxes, docs/conventions.md rule
 
 # per-instance tensors: filtered together when instances drop (the attribute targets only when attributes are on)
 INSTANCE_KEYS = ("boxes", "labels", "masks", "attributes", "attributes_known")

@@ -125,7 +125,7 @@ def records_to_coco(records: Sequence[Mapping], class_names: Sequence[str]) -> d
 def prepare_coco_ground_truth(coco: Mapping) -> dict:
     """A checked deep copy of a COCO ground-truth dict, ready for pycocotools.
 
-    Annotation ids are renumbered 1..N (an id of 0 breaks COCOeval's matching, see FACTS.md on
+    Annotation ids are renumbered 1..N (an id of 0 breaks COCOeval's matching, see docs/conventions.md on
     ModaNet); a missing ``iscrowd`` becomes 0; a missing ``area`` becomes the mask area (or the box
     area). Category ids must be 1..K: the model's labels.
     """

@@ -66,6 +66,7 @@ from maskrcnn.data import AspectRatioBatchSampler, FashionDataset, build_augment
 from maskrcnn.data.attributes import training_attribute_names
 from maskrcnn.data.load import FORMATS
 from maskrcnn.data.problems import DataError
+from maskrcnn.data.samplers import training_repeat_factors
 from maskrcnn.engine.checkpoint import (
     checkpoint_path,
     find_last_checkpoint,
@@ -215,7 +216,7 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
     batch_sampler = AspectRatioBatchSampler(
         train_dataset.aspect_ratios(), images_per_rank, seed=cfg.seed, rank=info.rank,
         world_size=info.world_size, group_by_aspect_ratio=cfg.dataloader.aspect_ratio_grouping,
-        drop_last=cfg.dataloader.drop_last)
+        drop_last=cfg.dataloader.drop_last, repeat_factors=training_repeat_factors(cfg, train_dataset.records, main))
     validation = load_data(cfg, "val", class_names, verbose=main)
 
     last, state = find_resume_checkpoint(out, map_location=device, verbose=main) if resume else (None, None)

@@ -194,7 +194,7 @@ def build_inference_model(cfg: Config, state_dict: Mapping[str, torch.Tensor], w
     model = build_model(cfg, load_weights=False)
     if is_torchvision_state_dict(state_dict):
         report = load_model_weights(model, state_dict, verbose=False)
-        left = report["reinitialized"] + report["missing"]
+        left = report["reinitialized"] + report["missing"] + report.get("adapted", [])  # adapted: untrained RPN rows
         if left:
             raise ValueError(f"weights: {weights} does not fill {len(left)} model tensors (e.g. {left[:3]}); "
                              "check model.num_classes and the backbone in the config")

@@ -11,7 +11,7 @@ Shape shorthand:
     h, w     height and width of one level's feature map; stride = image size // feature size
     total    sum over levels of h * w * A
 
-Conventions (torchvision's, the defaults here; DESIGN.md "Conventions"):
+Conventions (torchvision's, the defaults here; docs/conventions.md section 1):
     * Boxes are ``(x1, y1, x2, y2)`` in input-image pixels with no "+1": width = x2 - x1.
     * Aspect ratio means ``h / w``. An anchor of size ``s`` and ratio ``r`` has the area ``s**2``:
       ``h = s * sqrt(r)``, ``w = s / sqrt(r)``.

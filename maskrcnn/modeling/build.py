@@ -62,7 +62,7 @@ def build_model(cfg, load_weights: bool = True) -> MaskRCNN:
     )
     if load_weights and cfg.model.weights:
         # imported here: maskrcnn.checkpoint itself imports maskrcnn.modeling.resnet
-        from maskrcnn.checkpoint import load_model_weights, load_weights_file
+        from maskrcnn.checkpoint import checkpoint_anchors, load_model_weights, load_weights_file
 
-        load_model_weights(model, load_weights_file(cfg.model.weights))
+        load_model_weights(model, load_weights_file(cfg.model.weights), anchors=checkpoint_anchors(cfg.model.weights))
     return model

@@ -19,7 +19,8 @@ Warnings that leave the data usable are listed apart and do not change the exit 
 polygons (with their count). An empty split (no image) cannot be checked: exit 2.
 
 It then prints the instances and images per class, the number of images without instances, and
-instance-size statistics (mask area, with COCO's small < 32^2 <= medium < 96^2 <= large buckets).
+instance-size statistics (mask area, with COCO's small < 32^2 <= medium < 96^2 <= large buckets), and each
+class's image frequency with the repeat factor it gets at ``--repeat-threshold`` (``maskrcnn/data/samplers.py``).
 ``--show N`` writes ground-truth overlays (masks, boxes, tags, legend) of the first N images with
 instances, decoded by the training decoder. The exit status is 1 when a problem was found, 2 when the dataset cannot be read at all
 (missing annotation file, bad config), 0 otherwise.
@@ -39,6 +40,7 @@ from maskrcnn.data.load import load_dataset, split_options
 from maskrcnn.data.problems import Problems
 from maskrcnn.data.dataset import decode_image
 from maskrcnn.data.records import RecordSet, segmentation_to_rle
+from maskrcnn.data.samplers import format_repeat_factors
 
 __all__ = ["CheckReport", "check_dataset", "check_records", "format_report", "write_overlays", "main"]
 
@@ -222,6 +224,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--out", default="output/check_dataset", help="folder for the --show overlays")
     parser.add_argument("--no-images", action="store_true", help="skip decoding the image files (faster)")
     parser.add_argument("--max-problems", type=int, default=200, help="list at most this many problems")
+    parser.add_argument("--repeat-threshold", type=float, default=0.1, metavar="T",
+                        help="print each class's image frequency and repeat factor at this "
+                             "dataloader.repeat_factor_threshold (default 0.1)")
     parser.add_argument("overrides", nargs="*", help="with --config: dotted key=value overrides")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.annotations):
@@ -273,6 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"nothing to train or evaluate on", file=sys.stderr)
             return 2
         print(format_report(report, args.max_problems))
+        print(format_repeat_factors(report.dataset.records, report.class_names, args.repeat_threshold))
         found += len(report.problems)
         if args.show:
             out_dir = os.path.join(args.out, split) if split else args.out

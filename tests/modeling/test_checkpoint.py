@@ -172,3 +172,100 @@ def test_build_model_loads_model_weights_from_the_config(tmp_path, torchvision_w
     assert torch.equal(model.state_dict()["roi_heads.mask_head.logits.weight"],
                        torchvision_weights["roi_heads.mask_predictor.mask_fcn_logits.weight"])
     assert "loaded           307" in capsys.readouterr().out
+
+
+# --- anchor surgery: a different number of anchors per position keeps the shared anchors' RPN rows -----------
+def model_with_ratios(ratios, sizes=None):
+    overrides = ["model.num_classes=13", f"model.rpn.aspect_ratios=[{','.join(str(r) for r in ratios)}]"]
+    if sizes is not None:
+        overrides.append(f"model.rpn.anchor_sizes=[{','.join(str(s) for s in sizes)}]")
+    torch.manual_seed(0)
+    return build_model(load_config(overrides=overrides))
+
+
+def rpn_rows(state, per_anchor, anchors):
+    """Rows of anchors ``anchors`` (indices) of an RPN predictor tensor with ``per_anchor`` rows per anchor."""
+    return torch.cat([state[a * per_anchor:(a + 1) * per_anchor] for a in anchors])
+
+
+def test_added_tall_ratio_keeps_torchvision_rpn_rows_and_initializes_the_new_one(torchvision_weights, capsys):
+    model = model_with_ratios([0.5, 1.0, 2.0, 4.0])
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("rpn.head.")}
+    report = load_model_weights(model, torchvision_weights)
+    assert sorted(report["adapted"]) == ["rpn.head.box_deltas.bias", "rpn.head.box_deltas.weight",
+                                         "rpn.head.objectness.bias", "rpn.head.objectness.weight"]
+    assert len(report["loaded"]) == 307 - 4 and report["reinitialized"] == [] and report["missing"] == []
+    own = model.state_dict()
+    assert own["rpn.head.objectness.weight"].shape == (4, 256, 1, 1)
+    assert torch.equal(own["rpn.head.objectness.weight"][:3], torchvision_weights["rpn.head.cls_logits.weight"])
+    assert torch.equal(own["rpn.head.objectness.weight"][3], fresh["rpn.head.objectness.weight"][3])
+    assert torch.equal(own["rpn.head.box_deltas.bias"][:12], torchvision_weights["rpn.head.bbox_pred.bias"])
+    assert torch.equal(own["rpn.head.box_deltas.weight"][12:], fresh["rpn.head.box_deltas.weight"][12:])
+    assert torch.equal(own["rpn.head.conv.weight"], torchvision_weights["rpn.head.conv.0.0.weight"])
+    out = capsys.readouterr().out
+    assert "adapted            4" in out
+    assert "anchors per position 3 -> 4: kept the checkpoint's ratios [0.5, 1.0, 2.0], initialized new ratios [4.0]" in out
+
+
+def test_shared_anchors_predict_exactly_what_the_checkpoint_predicts(torchvision_weights):
+    original, adapted = model_with_ratios([0.5, 1.0, 2.0]), model_with_ratios([2.0, 0.25, 1.0])
+    load_model_weights(original, torchvision_weights, verbose=False)
+    load_model_weights(adapted, torchvision_weights, verbose=False)
+    # In float64: a 1x1 conv with another number of output channels may sum its 256 products in another order,
+    # so the outputs agree to summation rounding (256 terms * 2**-53 * |sum of |terms|| < 1e-12 here), not bits.
+    feature = [torch.randn(1, 256, 5, 6, dtype=torch.float64)]
+    with torch.no_grad():
+        (logits_a,), (deltas_a,) = original.rpn.head.double()(feature)  # (1, 3, 5, 6), (1, 12, 5, 6)
+        (logits_b,), (deltas_b,) = adapted.rpn.head.double()(feature)
+    # the same count, other ratios: 2.0 was anchor 2 and is now 0, 1.0 moves from 1 to 2, 0.5 is gone
+    close = dict(rtol=0, atol=1e-12)
+    torch.testing.assert_close(logits_b[:, 0], logits_a[:, 2], **close)
+    torch.testing.assert_close(logits_b[:, 2], logits_a[:, 1], **close)
+    torch.testing.assert_close(deltas_b[:, 0:4], deltas_a[:, 8:12], **close)
+    torch.testing.assert_close(deltas_b[:, 8:12], deltas_a[:, 4:8], **close)
+    assert not torch.allclose(logits_b[:, 1], logits_a[:, 0])  # the new ratio 0.25 is not the old 0.5
+    fresh = model_with_ratios([2.0, 0.25, 1.0]).state_dict()
+    assert torch.equal(rpn_rows(adapted.state_dict()["rpn.head.box_deltas.weight"], 4, [1]),
+                       rpn_rows(fresh["rpn.head.box_deltas.weight"], 4, [1]))  # ratio 0.25: initialized
+
+
+def test_our_checkpoint_brings_its_anchor_config(tmp_path, capsys):
+    source = model_with_ratios([0.5, 1.0, 2.0, 4.0])
+    config = load_config(overrides=["model.num_classes=13", "model.rpn.aspect_ratios=[0.5,1.0,2.0,4.0]"])
+    path = tmp_path / "ours.pth"
+    torch.save({"model": source.state_dict(), "config": config.to_dict(), "iteration": 10}, path)
+    from maskrcnn.checkpoint import checkpoint_anchors
+
+    assert checkpoint_anchors(str(path)) == {"anchor_sizes": [32, 64, 128, 256, 512],
+                                             "aspect_ratios": [0.5, 1.0, 2.0, 4.0]}
+    target = build_model(load_config(overrides=["model.num_classes=13", "model.rpn.aspect_ratios=[1.0,4.0]",
+                                                f"model.weights={path}"]))
+    own, theirs = target.state_dict(), source.state_dict()
+    assert torch.equal(own["rpn.head.objectness.weight"], rpn_rows(theirs["rpn.head.objectness.weight"], 1, [1, 3]))
+    assert torch.equal(own["rpn.head.box_deltas.bias"], rpn_rows(theirs["rpn.head.box_deltas.bias"], 4, [1, 3]))
+    assert "4 -> 2: kept the checkpoint's ratios [1.0, 4.0], initialized new ratios none" in capsys.readouterr().out
+
+
+def test_anchor_surgery_needs_the_checkpoints_anchors_and_notes_other_sizes(tmp_path, torchvision_weights, capsys):
+    bare = tmp_path / "bare.pth"
+    torch.save(model_with_ratios([0.5, 1.0, 2.0]).state_dict(), bare)
+    from maskrcnn.checkpoint import checkpoint_anchors
+
+    assert checkpoint_anchors(str(bare)) is None
+    with pytest.raises(ValueError, match=r"rpn\.head\.(objectness|box_deltas)\.\w+.*stores no config"):
+        load_model_weights(model_with_ratios([0.5, 1.0, 2.0, 4.0]), load_weights_file(str(bare)), verbose=False)
+    # other anchor sizes: one head serves every level, so the rows still follow the ratios; the note says so
+    model = model_with_ratios([0.5, 1.0, 2.0, 4.0], sizes=[16, 32, 64, 128, 256])
+    load_model_weights(model, torchvision_weights)
+    assert torch.equal(model.state_dict()["rpn.head.objectness.bias"][:3],
+                       torchvision_weights["rpn.head.cls_logits.bias"])
+    out = capsys.readouterr().out
+    assert "kept the checkpoint's ratios [0.5, 1.0, 2.0], initialized new ratios [4.0]" in out
+    assert ("rpn anchor sizes differ: [32, 64, 128, 256, 512] in the checkpoint, [16, 32, 64, 128, 256] in the "
+            "model; the RPN rows serve the new sizes by ratio") in out
+    # only the sizes differ: every tensor loads as before, and the report still says so
+    same_ratios = model_with_ratios([0.5, 1.0, 2.0], sizes=[16, 32, 64, 128, 256])
+    report = load_model_weights(same_ratios, torchvision_weights, verbose=False)
+    assert len(report["loaded"]) == 307 and report["adapted"] == []
+    assert report["notes"] == ["rpn anchor sizes differ: [32, 64, 128, 256, 512] in the checkpoint, "
+                               "[16, 32, 64, 128, 256] in the model; the RPN rows serve the new sizes by ratio"]
