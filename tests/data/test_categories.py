@@ -1,4 +1,4 @@
-"""Category maps as configuration: the class-table files against FACTS.md, drop, merge, class_order."""
+"""Category maps as configuration: the class-table files against docs/conventions.md, drop, merge, class_order."""
 import json
 
 import pytest
@@ -11,7 +11,7 @@ from maskrcnn.data.categories import (
     resolve_table_path,
 )
 
-# FACTS.md section 1, verbatim.
+# docs/conventions.md (reference facts), verbatim.
 MODANET = ["bag", "belt", "boots", "footwear", "outer", "dress", "sunglasses", "pants", "top", "shorts",
            "skirt", "headwear", "scarf & tie"]
 DEEPFASHION2 = ["short sleeve top", "long sleeve top", "short sleeve outwear", "long sleeve outwear", "vest",

@@ -1,4 +1,4 @@
-"""iMaterialist 2019 CSV: the RLE decoder/encoder (FACTS.md examples, round-trips, pycocotools) and the adapter."""
+"""iMaterialist 2019 CSV: the RLE decoder/encoder (docs/conventions.md examples, round-trips, pycocotools) and the adapter."""
 import os
 
 import numpy as np

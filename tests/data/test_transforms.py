@@ -46,7 +46,7 @@ def make_sample(seed: int, height: int = 48, width: int = 64, num: int = 3):
 
 
 def slow_mask_box(mask: np.ndarray):
-    """Float64 reference of the DESIGN.md whole-pixel rule from the nonzero indices."""
+    """Float64 reference of the whole-pixel rule of docs/conventions.md from the nonzero indices."""
     ys, xs = np.nonzero(mask)
     return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 

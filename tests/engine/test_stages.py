@@ -86,7 +86,7 @@ def test_a_stage_never_unfreezes_what_the_model_froze():
 
 
 def test_resnet50_presets_freeze_torchvisions_counts():
-    # FACTS.md: ResNet-50 in torchvision's parameter order; trainable_layers = 0..5 freezes the first
+    # docs/conventions.md: ResNet-50 in torchvision's parameter order; trainable_layers = 0..5 freezes the first
     # 53, 43, 24, 11, 1, 0 parameters. "heads" = trainable_layers 0, "5+" = 1, "4+" = 2, "3+" = 3.
     from maskrcnn.modeling.resnet import ResNet
 

@@ -1,4 +1,4 @@
-"""Tests for maskrcnn.modeling.anchors: torchvision's anchors.pt, the FACTS.md literals, and a slow
+"""Tests for maskrcnn.modeling.anchors: torchvision's anchors.pt, the literals of docs/conventions.md, and a slow
 loop-by-loop float64 reference."""
 import math
 from pathlib import Path

@@ -27,6 +27,7 @@ SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten
             "aten::masked_select", "aten::equal", "aten::repeat_interleave"}
 # Tensor methods that copy to the host when called from Python
 HOST_READS = {"tolist", "numpy", "cpu", "item", "__bool__", "__int__", "__float__", "__index__"}
+VIEW_OPS = {"aten::as_strided", "aten::slice", "aten::narrow", "aten::view", "aten::alias"}
 CASES = [(8, 20), (46, 20), (8, 100), (46, 100)]
 
 
@@ -36,9 +37,11 @@ class PythonHostReads(TorchFunctionMode):
     def __init__(self):
         super().__init__()
         self.calls = collections.Counter()
+        self.total = 0  # every torch function and Tensor method called from Python
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
+        self.total += 1
         if name in HOST_READS:
             self.calls[name] += 1
         return func(*args, **(kwargs or {}))
@@ -61,8 +64,11 @@ def profile_forward(model, images):
             model(images)
     names = [event.name for event in prof.events()]
     syncs = collections.Counter(name for name in names if name in SYNC_OPS)
-    aten = sum(name.startswith("aten::") for name in names)
-    return syncs, aten, dict(reads.calls), [len(d["boxes"]) for d in detections]
+    # View ops (metadata only, no work) are left out: ATen kernels emit them internally in numbers that can
+    # depend on tensor sizes (one more aten::narrow/slice/as_strided with 46 classes than with 8 here, with
+    # identical Python-level calls), which says nothing about loops in our code.
+    aten = sum(name.startswith("aten::") and name not in VIEW_OPS for name in names)
+    return syncs, (aten, reads.total), dict(reads.calls), [len(d["boxes"]) for d in detections]
 
 
 @pytest.fixture(scope="module")

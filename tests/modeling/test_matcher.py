@@ -1,4 +1,4 @@
-"""Tests for maskrcnn.modeling.matcher: torchvision's reference numbers, the FACTS.md literal, and a
+"""Tests for maskrcnn.modeling.matcher: torchvision's reference numbers, the literal of docs/conventions.md, and a
 slow loop-by-loop reference on random matrices with ties."""
 from pathlib import Path
 
@@ -55,7 +55,7 @@ def test_roi_matching_equals_torchvision(boxes_fixture):
 
 
 def test_facts_literal():
-    # FACTS.md sec. 2: thresholds 0.3 / 0.7 with low-quality matches.
+    # docs/conventions.md (reference facts): thresholds 0.3 / 0.7 with low-quality matches.
     quality = torch.tensor(
         [[0.15, 0.45, 0.2, 0.6], [0.3, 0.65, 0.05, 0.1], [0.05, 0.4, 0.25, 0.4]]
     )

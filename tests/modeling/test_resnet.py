@@ -55,7 +55,7 @@ def test_parameter_count_matches_torchvision_classifier(depth, torchvision_total
 
 
 def test_freezing_matches_torchvision_trainable_layers():
-    # FACTS.md: torchvision's trainable_layers = 0..5 freezes the first 53, 43, 24, 11, 1, 0 parameters.
+    # docs/conventions.md: torchvision's trainable_layers = 0..5 freezes the first 53, 43, 24, 11, 1, 0 parameters.
     model = ResNet(50)
     for trainable_layers, frozen_count in zip(range(6), (53, 43, 24, 11, 1, 0)):
         model.freeze(5 - trainable_layers)

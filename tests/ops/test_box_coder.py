@@ -1,4 +1,4 @@
-"""BoxCoder against torchvision's numbers (both weight sets) and FACTS.md."""
+"""BoxCoder against torchvision's numbers (both weight sets) and docs/conventions.md."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""box_area, box_iou, clip_boxes_to_image, remove_small_boxes against torchvision and FACTS.md."""
+"""box_area, box_iou, clip_boxes_to_image, remove_small_boxes against torchvision and docs/conventions.md."""
 import pytest
 import torch
 

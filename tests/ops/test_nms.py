@@ -1,4 +1,4 @@
-"""nms and batched_nms against torchvision's kept indices and FACTS.md."""
+"""nms and batched_nms against torchvision's kept indices and docs/conventions.md."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""roi_align against torchvision's kernel, FACTS.md, and a slow loop written from the paper."""
+"""roi_align against torchvision's kernel, docs/conventions.md, and a slow loop written from the paper."""
 import math
 import sys
 
@@ -35,7 +35,7 @@ def test_float32_matches_torchvision(roi_align_ref):
     torch.testing.assert_close(out, roi_align_ref["float32_output"], rtol=0, atol=1e-5)
 
 
-# --- FACTS.md literals -------------------------------------------------------------------------------
+# --- docs/conventions.md literals -------------------------------------------------------------------------------
 
 ARANGE_ALIGNED_FALSE = [[7.5, 8, 8.5, 9], [10, 10.5, 11, 11.5], [12.5, 13, 13.5, 14], [15, 15.5, 16, 16.5]]
 ARANGE_ALIGNED_TRUE = [[4.5, 5, 5.5, 6], [7, 7.5, 8, 8.5], [9.5, 10, 10.5, 11], [12, 12.5, 13, 13.5]]
