@@ -26,20 +26,11 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
+
+from maskrcnn.ops import box_iou
 
 ATTRIBUTE_CSV = "attributes.csv"
-
-
-def _iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
-    """IoU of one ``[x1, y1, x2, y2]`` with each row of ``boxes (G, 4)``."""
-    if boxes.shape[0] == 0:
-        return np.zeros(0)
-    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
-    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
 
 
 def matched_attribute_pairs(records: Sequence[Mapping], encoded: Sequence[Mapping], attribute_index: Mapping[int, int],
@@ -61,8 +52,10 @@ def matched_attribute_pairs(records: Sequence[Mapping], encoded: Sequence[Mappin
         gt_classes = np.array([a["category_id"] for a in objects], dtype=np.int64)
         taken = np.zeros(len(objects), dtype=bool)
         order = np.argsort(-np.asarray(prediction["scores"]), kind="stable")
+        detected = torch.tensor(prediction["boxes"], dtype=torch.float64).reshape(-1, 4)
+        ious = box_iou(detected, torch.from_numpy(gt_boxes)).numpy()  # (D, G), once per image
         for d in order:
-            iou = _iou(prediction["boxes"][d], gt_boxes)
+            iou = ious[d].copy()
             iou[(gt_classes != prediction["labels"][d]) | taken] = -1.0
             if iou.size == 0 or iou.max() < iou_thresh:
                 continue
