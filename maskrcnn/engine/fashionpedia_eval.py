@@ -2,7 +2,7 @@
 its mask (or box) *and* its attributes are right.
 
 Reference: Jia et al., 2020, "Fashionpedia: Ontology, Segmentation, and an Attribute Localization
-Dataset", Sec. 5, and its official evaluator, class ``FPEval`` in ``fashionpedia/fp_eval.py`` of the
+Dataset", and its official evaluator, class ``FPEval`` in ``fashionpedia/fp_eval.py`` of the
 fashionpedia-api (a subclass of pycocotools' ``COCOeval``). This module recomputes it from that definition.
 
 **Attribute F1** between a detection and a ground-truth object. Both become multi-hot vectors ``d`` and ``g``
@@ -91,7 +91,9 @@ def match_detections(ious: np.ndarray, f1s: Optional[np.ndarray], gt_ignore: np.
     """Matched ground-truth index per threshold pair and detection, ``(T, F, D)`` int, -1 = unmatched.
 
     ``ious``, ``f1s`` are ``(D, G)`` with detections by score descending and ground truth ignore-last;
-    ``f1s=None`` (no attributes) is COCOeval's IoU-only loop with an F1 axis of length 1. All T x F pairs
+    ``gt_ignore``, ``gt_crowd`` are ``(G,)`` bool (the same here: only crowds are ignored at area "all");
+    ``crowd_rematch`` lets a crowd object take several detections (COCOeval, not FPEval); ``f1s=None`` (no
+    attributes) is COCOeval's IoU-only loop with an F1 axis of length 1. All T x F pairs
     run at once; the loops go over detections and objects in their order, as the official code does.
     """
     num_dt, num_gt = ious.shape
@@ -187,6 +189,9 @@ def fashionpedia_ap(records: Sequence[Mapping], encoded: Sequence[Mapping], attr
                 ious[:] = mask_utils.iou(dt_regions, gt_regions, crowd.astype(np.uint8).tolist())
             f1s = None
             if category in with_attributes:
+                if detections and prediction.get("attribute_scores") is None:
+                    raise ValueError(f"prediction for image {record['image_id']} has no attribute_scores: "
+                                     "evaluate a model with an attribute head (model.num_attributes)")
                 vocabulary = len(attribute_index)
                 truth = np.array([_multi_hot(a.get("attribute_ids") or [], attribute_index) for a in objects])
                 scores_dv = np.asarray([prediction["attribute_scores"][i] for i in detections], dtype=np.float64)

@@ -11,7 +11,10 @@ One evaluation (``run_evaluation``), as the trainer and ``train.py --eval-only``
         write_overlays("overlays/", records, encoded, class_names)
 
 Everything goes to one folder: ``evaluation.json``, the CSV tables and pictures of
-``engine/evaluation.py``, and, for the final evaluation, ``predictions.json`` and ``overlays/*.png``.
+``engine/evaluation.py``, and, for the final evaluation, ``predictions.json`` and ``overlays/*.png``. With
+an attribute head (``model.num_attributes``), ``evaluation.json`` gains ``"attributes"``: the per-attribute
+AP against chance (``engine/attribute_eval.py``, also ``attributes.csv``) and, under ``"fashionpedia"``,
+Fashionpedia's AP_IoU+F1 for each IoU type (``engine/fashionpedia_eval.py``).
 
 Rank ``r`` of ``W`` predicts images ``r, r + W, r + 2W, ...`` of the split, one image per forward pass
 (the result of an image then does not depend on which images share its batch, nor on the number of
@@ -46,6 +49,7 @@ from maskrcnn.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from maskrcnn.engine.distributed import (DistributedInfo, all_gather_object, destroy_distributed, init_distributed,
                                         synchronize)
 from maskrcnn.engine.evaluation import evaluate, format_report, gather_predictions
+from maskrcnn.engine.fashionpedia_eval import evaluate_fashionpedia
 from maskrcnn.data.dataset import decode_image
 from maskrcnn.visualize import draw_instances, to_pil_image
 
@@ -214,6 +218,9 @@ def run_evaluation(model: nn.Module, validation: ValidationSet, cfg, info: Distr
         if cfg.model.num_attributes and validation.dataset.attribute_index:
             report["attributes"] = evaluate_attributes(validation.records, encoded, cfg.model.attribute_names,
                                                        validation.dataset.attribute_index, cfg.infer.attribute_thresh)
+            report["attributes"]["fashionpedia"] = evaluate_fashionpedia(  # AP_IoU+F1, segm and bbox
+                validation.records, encoded, validation.dataset.attribute_index, cfg.infer.attribute_thresh,
+                cfg.eval.iou_types, skipped_ids=[entry["image_id"] for entry in skipped])
             write_attribute_report(report["attributes"], folder)
             print(format_attribute_report(report["attributes"]), flush=True)
         if write_predictions:

@@ -1,11 +1,20 @@
 """Attribute evaluation (maskrcnn/engine/attribute_eval.py): AP literals, the matching rules, chance, the report
-files."""
+files, and the validation report that carries Fashionpedia's AP_IoU+F1 beside them."""
 import csv
 import json
 import os
 
+import numpy as np
 import pytest
+import torch
+from pycocotools import mask as mask_utils
 
+from maskrcnn.config import load_config
+from maskrcnn.data import load_split
+from maskrcnn.data.synthetic import generate_synthetic_dataset
+from maskrcnn.engine.coco_format import segmentation_to_rle
+from maskrcnn.engine.distributed import DistributedInfo
+from maskrcnn.engine.validation import load_validation_set, run_evaluation
 from maskrcnn.engine.attribute_eval import (average_precision, evaluate_attributes, format_attribute_report,
                                             matched_attribute_pairs, write_attribute_report)
 
@@ -64,3 +73,59 @@ def test_report_chance_f1_and_files(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == ["a", "b"] and rows[1]["AP"] == "" and float(rows[0]["chance"]) == 0.5
     assert os.path.basename(csv_path) == "attributes.csv"
+
+
+def test_report_prints_fashionpedia_lines():
+    report = {"mAP": 0.5, "chance_mAP": 0.25, "mean_F1": 0.4, "threshold": 0.5, "num_matched": 3,
+              "fashionpedia": {"segm": {"AP_IoU+F1": 0.25, "AP_IoU50_F150": 0.5, "AP_IoU50_F175": 0.375,
+                                        "AP_IoU75_F150": 0.125, "AP_IoU75_F175": None, "num_categories": 2,
+                                        "categories_with_attributes": [1]}}}
+    assert format_attribute_report(report).splitlines() == [
+        "attributes: mAP 0.500 (chance 0.250), mean F1 0.400 at 0.5, over 3 matched detections",
+        "Fashionpedia segm AP_IoU+F1 0.250 (IoU50_F150 0.500, IoU50_F175 0.375, IoU75_F150 0.125, IoU75_F175 -) "
+        "over 2 categories, 1 with attributes"]
+
+
+class GroundTruthModel(torch.nn.Module):
+    """Predicts each validation image's ground truth (in image order) with its true attributes: every AP is 1."""
+
+    def __init__(self, records, attribute_index):
+        super().__init__()
+        self.records, self.attribute_index, self.calls = records, attribute_index, 0
+
+    def forward(self, images):
+        outputs = []
+        for _ in images:
+            record = self.records[self.calls]
+            self.calls += 1
+            objects = record["annotations"]
+            height, width = record["height"], record["width"]
+            masks = [mask_utils.decode(segmentation_to_rle(a["segmentation"], height, width)) for a in objects]
+            attributes = torch.zeros(len(objects), len(self.attribute_index))
+            for row, a in enumerate(objects):
+                attributes[row, [self.attribute_index[i] for i in a["attribute_ids"]]] = 0.9
+            outputs.append({"boxes": torch.tensor([a["bbox"] for a in objects], dtype=torch.float32).reshape(-1, 4),
+                            "labels": torch.tensor([a["category_id"] for a in objects], dtype=torch.int64),
+                            "scores": torch.linspace(0.9, 0.5, len(objects)),
+                            "masks": torch.from_numpy(np.array(masks, dtype=np.float32)).reshape(-1, 1, height, width),
+                            "attribute_scores": attributes})
+        return outputs
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
+def test_validation_report_carries_fashionpedia_ap(tmp_path, capsys):
+    paths = generate_synthetic_dataset(str(tmp_path / "data"), num_train=0, num_val=3, seed=2, image_size=64)
+    val = paths["val"]
+    cfg = load_config("configs/synthetic_attributes.yaml", overrides=[
+        f"data.val_annotations={val['annotations']}", f"data.val_images={val['images']}", "eval.pictures=false"])
+    cfg.model.attribute_names = ["plain", "striped", "checked", "dotted", "mottled"]
+    validation = load_validation_set(cfg, load_split(cfg, "val").class_names, verbose=False)
+    model = GroundTruthModel(validation.records, validation.dataset.attribute_index)
+    report = run_evaluation(model, validation, cfg, DistributedInfo(0, 1, 0, torch.device("cpu"), None), str(tmp_path))
+    with open(tmp_path / "evaluation.json") as f:
+        written = json.load(f)["attributes"]["fashionpedia"]
+    assert sorted(written) == ["bbox", "segm"] and written == report["attributes"]["fashionpedia"]
+    for iou_type in ("bbox", "segm"):
+        assert written[iou_type]["AP_IoU+F1"] == pytest.approx(1.0, abs=1e-12)
+        assert written[iou_type]["categories_with_attributes"]  # the synthetic objects all carry a pattern
+    assert "Fashionpedia segm AP_IoU+F1 1.000" in capsys.readouterr().out
