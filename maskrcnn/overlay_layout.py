@@ -12,7 +12,11 @@ The rules, in order of importance:
    The text is ``2 %`` of ``sqrt(width * height)`` of the enlarged photo, at least 12 pixels (12 on
    512x512, 16 on 800x800, 49 on 3000x2000), the box lines an eighth of that, at least 2 pixels.
 2. **Tags never overlap each other** and stay inside the photo. Each tag is a filled rectangle holding
-   ``"name"`` or ``"name 0.87"``; instances are served best score first (ground truth: in order).
+   ``"name"`` or ``"name 0.87"``; instances are served best score first (ground truth: in order). A model
+   with an attribute head adds each instance's attributes after a bar, best first:
+   ``"dress 0.93 | striped, midi"``. Such a tag is at most ``MAX_TAG_FRACTION`` of the photo's width (or
+   as wide as ``"name 0.87"`` alone, if that is wider): the attributes that do not fit are cut, whole
+   names first (``"dress 0.93 | striped, …"``), then the letters of the first (``"dress 0.93 | stri…"``).
 3. **Tags hide as little of the objects as they can.** Every free place is scored by the fraction of the
    tag lying on an object (any instance's mask, or its box when there are no masks) or on a box outline, plus 0.25 per
    tag-height it sits away from its box; the cheapest wins, the earlier candidate on ties. Candidates:
@@ -38,6 +42,8 @@ TEXT_FRACTION = 0.02         # text size / sqrt(width * height) of the drawn pho
 MIN_FONT_SIZE = 12           # the smallest text that reads on a screen
 MIN_LINE_WIDTH = 2
 STEP_COST = 0.25             # cost of moving a tag one tag-height away from its box
+MAX_TAG_FRACTION = 0.5       # a tag with attributes is at most this fraction of the photo's width
+ATTRIBUTE_BAR = " | "        # between "name score" and the attributes
 LEGEND_BACKGROUND = (255, 255, 255)
 
 
@@ -95,10 +101,39 @@ def load_font(size: int):
         return ImageFont.load_default()
 
 
-def tag_text(label: int, score: Optional[float], class_names: Optional[Sequence[str]]) -> str:
-    """``"name"`` or ``"name 0.87"``; the label number when there is no name for it."""
+def tag_text(label: int, score: Optional[float], class_names: Optional[Sequence[str]],
+             attributes: Sequence[str] = ()) -> str:
+    """``"name"`` or ``"name 0.87"``, then ``" | "`` and the attributes when there are any
+    (``"dress 0.93 | striped, midi"``); the label number when there is no name for it."""
     name = str(class_names[label - 1]) if class_names and 1 <= label <= len(class_names) else str(label)
-    return name if score is None else f"{name} {score:.2f}"
+    text = name if score is None else f"{name} {score:.2f}"
+    return text + ATTRIBUTE_BAR + ", ".join(attributes) if attributes else text
+
+
+def _ellipsis(font) -> str:
+    """One "…" character with a scalable font; three dots with Pillow's bitmap font (Latin-1 only)."""
+    return "\u2026" if isinstance(font, ImageFont.FreeTypeFont) else "..."
+
+
+def fit_tag_text(label: int, score: Optional[float], class_names: Optional[Sequence[str]],
+                 attributes: Sequence[str], font, max_width: float) -> str:
+    """:func:`tag_text` with the attributes cut so that the text is at most ``max_width`` pixels wide in
+    ``font`` (rule 2): whole attribute names while they fit, then the first name's letters, each cut
+    marked with an ellipsis; ``"name 0.87"`` alone is never cut."""
+    text = tag_text(label, score, class_names, attributes)
+    if font.getlength(text) <= max_width:
+        return text
+    base, more = tag_text(label, score, class_names), _ellipsis(font)
+    for count in range(len(attributes) - 1, 0, -1):  # drop whole names from the end
+        text = tag_text(label, score, class_names, list(attributes[:count]) + [more])
+        if font.getlength(text) <= max_width:
+            return text
+    first = attributes[0]
+    for length in range(len(first) - 1, 0, -1):  # then letters of the first name
+        text = base + ATTRIBUTE_BAR + first[:length].rstrip() + more
+        if font.getlength(text) <= max_width:
+            return text
+    return base
 
 
 def canvas_boxes(boxes, factor: int, photo_size: Tuple[int, int]) -> np.ndarray:
@@ -175,12 +210,12 @@ def overlay_layout(image_size: Tuple[int, int], boxes, labels, scores=None,
                    class_names: Optional[Sequence[str]] = None, masks: Optional[np.ndarray] = None, *,
                    min_side: int = READABLE_SIDE, font_size: Optional[int] = None,
                    line_width: Optional[int] = None, show_tags: bool = True,
-                   show_legend: bool = True) -> OverlayLayout:
+                   show_legend: bool = True, attributes: Optional[Sequence[Sequence[str]]] = None) -> OverlayLayout:
     """The layout of an overlay of ``image_size = (width, height)`` (module docstring).
 
     ``boxes`` (N, 4) in image pixels (or None: no tags), ``labels`` (N,), ``scores`` (N,) or None,
     ``masks`` (N, height, width) bool at the image's size or None. ``font_size`` and ``line_width``
-    None = chosen by rule 1.
+    None = chosen by rule 1. ``attributes``: N lists of attribute names shown in the tags (rule 2), or None.
     """
     width, height = image_size
     factor = readable_factor(width, height, min_side)
@@ -201,7 +236,10 @@ def overlay_layout(image_size: Tuple[int, int], boxes, labels, scores=None,
         order = range(len(labels)) if scores is None else np.argsort(-scores, kind="stable")
         for i in order:
             i, label = int(i), int(labels[i])
-            text = tag_text(label, None if scores is None else float(scores[i]), class_names)
+            score = None if scores is None else float(scores[i])
+            names = attributes[i] if attributes is not None else ()
+            base_w = font.getlength(tag_text(label, score, class_names))
+            text = fit_tag_text(label, score, class_names, names, font, max(base_w, MAX_TAG_FRACTION * photo_size[0]))
             tag_w = int(math.ceil(font.getlength(text))) + 2 * padding
             box = tuple(int(v) for v in on_canvas[i])
             best = None

@@ -2,6 +2,8 @@
 
     picture = draw_instances(image, boxes, labels, masks=masks, scores=scores, class_names=names)
     picture.save("overlay.png")
+    draw_instances(image, boxes, labels, scores=scores, class_names=names,
+                   attributes=[["striped", "midi"], []])  # "dress 0.93 | striped, midi", "bag 0.88"
     draw_record(record, class_names).save("gt.png")        # ground truth of a dataset record
 
 Used for ground truth (the dataset checker's ``--show``), predictions (``infer.py``, the evaluation's
@@ -156,6 +158,7 @@ def draw_instances(
     min_side: int = 512,
     show_tags: bool = True,
     show_legend: bool = True,
+    attributes: Optional[Sequence[Sequence[str]]] = None,
 ) -> Image.Image:
     """Draw instances on a copy of ``image`` and return it (RGB PIL image).
 
@@ -170,6 +173,8 @@ def draw_instances(
         line_width, font_size: None = scaled with the drawn picture (module docstring).
         min_side: enlarge images whose longer side is shorter (:func:`readable_factor`); 0 = never.
         show_tags, show_legend: the tags on the photo; the legend strip under it.
+        attributes: N lists of attribute names (best first) shown after each tag, ``"dress 0.93 | striped,
+            midi"``, cut with an ellipsis when long (``maskrcnn/overlay_layout.py``, rule 2); or None.
 
     Returns a picture ``factor`` times the image's size (``factor`` = :func:`readable_factor`), taller by
     the legend strip when there is one.
@@ -186,6 +191,8 @@ def draw_instances(
         raise ValueError(f"boxes: expected {count} boxes (one per label), got shape {boxes.shape}")
     if scores is not None and scores.reshape(-1).shape[0] != count:
         raise ValueError(f"scores: expected {count} scores, got shape {scores.shape}")
+    if attributes is not None and len(attributes) != count:
+        raise ValueError(f"attributes: expected {count} lists of names (one per label), got {len(attributes)}")
     foreground = None
     if masks is not None and count:
         foreground = _foreground(masks, mask_threshold)
@@ -209,7 +216,7 @@ def draw_instances(
     layout = overlay_layout(
         (width, height), boxes, labels, scores=scores, class_names=class_names, masks=foreground,
         min_side=min_side, font_size=font_size, line_width=line_width, show_tags=show_tags,
-        show_legend=show_legend)
+        show_legend=show_legend, attributes=attributes)
     factor = layout.factor
     if factor > 1:
         photo = photo.resize((width * factor, height * factor), Image.NEAREST)

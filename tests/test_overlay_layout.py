@@ -15,11 +15,14 @@ import pytest
 
 from maskrcnn.data.records import segmentation_to_mask
 from maskrcnn.overlay_layout import (
+    MAX_TAG_FRACTION,
     canvas_boxes,
     connector,
+    fit_tag_text,
     load_font,
     overlay_layout,
     readable_factor,
+    tag_text,
     text_size,
 )
 from maskrcnn.visualize import class_color, draw_instances
@@ -161,3 +164,50 @@ def test_drawn_tags_are_where_the_layout_says():
         color = class_color(instances[tag["index"]]["label"])
         for y, x in ((y0, x0), (y0, x1 - 1), (y1 - 1, x0), (y1 - 1, x1 - 1)):   # the tag's corners
             assert tuple(picture[y, x]) == color, (tag["text"], y, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attributes in the tags (a model with an attribute head)
+# ----------------------------------------------------------------------------------------------
+def test_tag_text_lists_the_attributes_after_a_bar():
+    assert tag_text(1, 0.93, ["dress"], ["striped", "midi"]) == "dress 0.93 | striped, midi"
+    assert tag_text(1, 0.93, ["dress"], []) == "dress 0.93"                 # none above the threshold
+    assert tag_text(2, None, ["dress"], ["dotted"]) == "2 | dotted"          # no name for label 2, no score
+
+
+def test_long_attribute_lists_are_cut_whole_names_first_then_letters():
+    font = load_font(12)
+    names = ["striped", "midi", "sleeveless"]
+    texts = ["dress 0.93 | striped, midi, sleeveless", "dress 0.93 | striped, midi, \u2026",
+             "dress 0.93 | striped, \u2026", "dress 0.93 | stripe\u2026", "dress 0.93 | stri\u2026",
+             "dress 0.93 | str\u2026", "dress 0.93 | s\u2026", "dress 0.93"]
+    widths = [font.getlength(t) for t in texts]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)  # each step is narrower
+
+    def fit(width):
+        return fit_tag_text(1, 0.93, ["dress"], names, font, width)
+
+    assert fit(widths[0]) == texts[0]                        # everything fits
+    assert fit(widths[0] - 0.5) == texts[1]                  # the last name no longer fits
+    assert fit(widths[1] - 0.5) == texts[2]
+    assert fit(widths[2] - 0.5) == texts[3]                  # not even one whole name: its letters
+    assert fit(widths[4]) == texts[4] and fit(widths[4] - 0.5) == texts[5]
+    assert fit(widths[6] - 0.5) == "dress 0.93"              # no room for a single letter: the plain tag
+    assert fit(0) == "dress 0.93"                            # "name score" itself is never cut
+
+
+def test_tags_with_attributes_are_at_most_half_the_photo_wide():
+    boxes = [[20, 100, 380, 300], [20, 320, 120, 390]]
+    many = ["midi", "sleeveless", "floral", "a-line", "zip-up", "v-neck", "above-the-knee (length)"]
+    layout = overlay_layout((400, 400), boxes, [1, 2], scores=[0.93, 0.6], class_names=["dress", "bag"],
+                            min_side=0, font_size=12, attributes=[many, []])
+    dress, bag = layout.tags
+    assert dress.text.startswith("dress 0.93 | midi, sleeveless, ") and dress.text.endswith(", \u2026")
+    assert font_width(dress.text) <= MAX_TAG_FRACTION * 400 < font_width(tag_text(1, 0.93, ["dress"], many))
+    assert dress.rect[2] - dress.rect[0] == int(np.ceil(font_width(dress.text))) + 2 * layout.padding
+    assert bag.text == "bag 0.60"                            # no attribute above the threshold: the plain tag
+    assert [entry.text for entry in layout.legend] == ["dress", "bag"]   # the legend names classes only
+
+
+def font_width(text, size=12):
+    return load_font(size).getlength(text)

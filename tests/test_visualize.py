@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maskrcnn.visualize import PALETTE, class_color, draw_instances, draw_record, srgb_to_lab, to_pil_image
+from maskrcnn.visualize import (PALETTE, class_color, draw_instances, draw_record, overlay_layout, srgb_to_lab,
+                                to_pil_image)
 
 
 def blend(pixel, color, alpha):
@@ -124,6 +125,29 @@ def test_inputs_are_checked():
         draw_instances(grey(), boxes=[[0, 0, 5, 5]], labels=[1, 2])
     with pytest.raises(ValueError, match="masks: expected shape"):
         draw_instances(grey(), labels=[1], masks=np.zeros((1, 5, 5)))
+    with pytest.raises(ValueError, match="attributes: expected 1 lists"):
+        draw_instances(grey(), boxes=[[0, 0, 5, 5]], labels=[1], attributes=[["striped"], []])
+
+
+def test_attributes_are_written_after_the_tag():
+    image, box, names = grey(height=120, width=400), [20, 50, 300, 110], ["dress"]
+    options = dict(boxes=[box], labels=[1], scores=[0.93], class_names=names, min_side=0, font_size=12,
+                   show_legend=False)
+    plain = np.asarray(draw_instances(image, **options))
+    drawn = np.asarray(draw_instances(image, attributes=[["striped", "midi"]], **options))
+    short, = overlay_layout((400, 120), [box], [1], scores=[0.93], class_names=names, min_side=0, font_size=12,
+                            show_legend=False).tags
+    long, = overlay_layout((400, 120), [box], [1], scores=[0.93], class_names=names, min_side=0, font_size=12,
+                           show_legend=False, attributes=[["striped", "midi"]]).tags
+    assert (short.text, long.text) == ("dress 0.93", "dress 0.93 | striped, midi")
+    assert short.rect[:2] == long.rect[:2] and long.rect[2] > short.rect[2]   # the same place, wider
+    assert drawn.shape == plain.shape and (drawn != plain).any()
+    color, (x0, y0, x1, y1) = class_color(1), long.rect
+    assert tuple(drawn[y0, x1 - 1]) == color and tuple(plain[y0, x1 - 1]) == (100, 100, 100)  # tag's far corner
+    added = drawn[y0:y1, short.rect[2]:x1].reshape(-1, 3)      # the part of the tag that holds the attributes
+    assert ((added != color).any(axis=1)).sum() > 50          # letters drawn there, in the text colour
+    below = slice(y1, 120)
+    assert (drawn[below] == plain[below]).all()               # nothing else changes
 
 
 def test_to_pil_image_from_tensor_and_float_array():

@@ -13,7 +13,14 @@ Predictions arrive as the model's eval output, one dict per image, plus the imag
 
 and are *encoded* per image into compact plain data before anything else (gathering across ranks,
 evaluation, confusion matrix): boxes, labels and scores as lists, masks thresholded (``> 0.5``) and
-run-length encoded by pycocotools, ``{"size": [H, W], "counts": str}``.
+run-length encoded by pycocotools, ``{"size": [H, W], "counts": str}``. A model with an attribute head
+(``model.num_attributes = A``) adds ``attribute_scores (N, A)``, kept as one list of A probabilities per
+detection.
+
+Attributes in a COCO results entry (:func:`attribute_fields`) are what Fashionpedia's evaluation reads:
+``"attribute_ids"``, the *source* ids (the dataset's own, e.g. Fashionpedia's 0..293; column ``a`` of the
+model is source id ``model.attribute_source_ids[a]``) of the attributes scoring at least
+``infer.attribute_thresh``, best first, and ``"attribute_scores"``, their scores in the same order.
 
 Conventions: category ids are the model's labels, 1..K (0 is background and never a category). COCO
 boxes are ``[x, y, w, h]`` in pixels; an annotation's ``area`` is its mask area when it has a mask
@@ -23,7 +30,7 @@ treats a ground-truth annotation id of 0 as "unmatched", so ids are always renum
 from __future__ import annotations
 
 import copy
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -208,6 +215,29 @@ def encode_prediction(prediction: Mapping, mask_threshold: float = 0.5) -> dict:
     if prediction.get("attribute_scores") is not None:  # (n, A) with an attribute head: one row per detection
         encoded["attribute_scores"] = torch.as_tensor(prediction["attribute_scores"]).detach().float().cpu().tolist()
     return encoded
+
+
+def attributes_above(scores: Sequence[float], threshold: float) -> List[Tuple[int, float]]:
+    """``(column a, score)`` of the attributes scoring at least ``threshold``, best first (ties: lower ``a`` first).
+
+    ``scores`` are one detection's ``A`` attribute probabilities (a row of ``attribute_scores``).
+    """
+    kept = [(a, float(score)) for a, score in enumerate(scores) if score >= threshold]
+    return sorted(kept, key=lambda pair: (-pair[1], pair[0]))
+
+
+def attribute_fields(scores: Sequence[float], source_ids: Sequence[int], threshold: float) -> dict:
+    """``{"attribute_ids": [source ids], "attribute_scores": [scores]}`` of one detection (module docstring).
+
+    ``scores``: the detection's ``A`` attribute probabilities; ``source_ids``: the ``A`` source ids, column
+    order (``model.attribute_source_ids``; empty = the columns' own positions ``0..A-1``).
+    """
+    source_ids = list(source_ids) or list(range(len(scores)))
+    if len(source_ids) != len(scores):
+        raise ValueError(f"model.attribute_source_ids names {len(source_ids)} attributes, but the model scores "
+                         f"{len(scores)}")
+    kept = attributes_above(scores, threshold)
+    return {"attribute_ids": [int(source_ids[a]) for a, _ in kept], "attribute_scores": [s for _, s in kept]}
 
 
 def coco_results(encoded: Sequence[Mapping], iou_type: str) -> List[dict]:

@@ -207,9 +207,10 @@ def _train(cfg, resume: bool, info: DistributedInfo) -> Dict:
     if len(class_names) != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but the training set "
                           f"({cfg.data.train_annotations}) has {len(class_names)} classes: {class_names}")
-    if cfg.model.num_attributes:  # the checkpoint's config then carries the attribute names
+    if cfg.model.num_attributes:  # the checkpoint's config then carries the attribute names and source ids
         cfg.model.attribute_names = as_config_error(training_attribute_names, cfg.model.num_attributes, train_set,
                                                     cfg.data.attributes)
+        cfg.model.attribute_source_ids = [int(i) for i in train_set.attribute_source_ids]
     train_dataset = FashionDataset(train_set, augmentations=build_augmentations(cfg.data.augment),
                                    strict=cfg.data.strict, seed=cfg.seed,
                                    input_size=(cfg.input.min_size, cfg.input.max_size))  # large photos shrunk first

@@ -28,6 +28,9 @@ describes itself, the class name beside the class id::
 
     [{"image_id": 7, "category_id": 3, "category_name": "outer", "score": 0.97,
       "bbox": [x, y, w, h], "segmentation": {"size": [h, w], "counts": "..."}}, ...]
+
+With an attribute head each detection also has ``attribute_ids`` and ``attribute_scores``
+(``coco_format.attribute_fields``), and the overlays list the attributes after each tag.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from torch import nn
 
 from maskrcnn.data import FashionDataset, collate, load_split
 from maskrcnn.engine.attribute_eval import evaluate_attributes, format_attribute_report, write_attribute_report
-from maskrcnn.engine.coco_format import encode_prediction
+from maskrcnn.engine.coco_format import attribute_fields, attributes_above, encode_prediction
 from maskrcnn.engine.checkpoint import find_last_checkpoint, load_checkpoint
 from maskrcnn.engine.distributed import (DistributedInfo, all_gather_object, destroy_distributed, init_distributed,
                                         synchronize)
@@ -106,34 +109,41 @@ def skipped_images(dataset: FashionDataset) -> List[dict]:
     return [merged[k] for k in sorted(merged)]
 
 
-def coco_detections(encoded: Sequence[Mapping], class_names: Sequence[str]) -> List[dict]:
+def coco_detections(encoded: Sequence[Mapping], class_names: Sequence[str], attribute_source_ids: Sequence[int] = (),
+                    attribute_thresh: float = 0.5) -> List[dict]:
     """Encoded predictions -> the COCO results list written to ``predictions.json`` (module docstring)."""
     detections = []
     for pred in encoded:
         masks = pred["masks"] or [None] * len(pred["labels"])
-        for box, label, score, rle in zip(pred["boxes"], pred["labels"], pred["scores"], masks):
+        for i, (box, label, score, rle) in enumerate(zip(pred["boxes"], pred["labels"], pred["scores"], masks)):
             x1, y1, x2, y2 = box
             entry = {"image_id": pred["image_id"], "category_id": int(label),
                      "category_name": str(class_names[label - 1]), "score": round(float(score), 5),
                      "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)]}
             if rle is not None:
                 entry["segmentation"] = rle
+            if pred.get("attribute_scores") is not None:
+                fields = attribute_fields(pred["attribute_scores"][i], attribute_source_ids, attribute_thresh)
+                entry.update(fields, attribute_scores=[round(s, 5) for s in fields["attribute_scores"]])
             detections.append(entry)
     return detections
 
 
-def write_predictions_json(path: str, encoded: Sequence[Mapping], class_names: Sequence[str]) -> str:
+def write_predictions_json(path: str, encoded: Sequence[Mapping], class_names: Sequence[str],
+                           attribute_source_ids: Sequence[int] = (), attribute_thresh: float = 0.5) -> str:
     """Write ``predictions.json`` (COCO results format with class names); return ``path``."""
     with open(path, "w") as f:
-        json.dump(coco_detections(encoded, class_names), f)
+        json.dump(coco_detections(encoded, class_names, attribute_source_ids, attribute_thresh), f)
     return path
 
 
 def write_overlays(folder: str, records: Sequence[Mapping], encoded: Sequence[Mapping],
-                   class_names: Sequence[str], max_images: int = 16, score_thresh: float = 0.5) -> List[str]:
+                   class_names: Sequence[str], max_images: int = 16, score_thresh: float = 0.5,
+                   attribute_names: Sequence[str] = (), attribute_thresh: float = 0.5) -> List[str]:
     """Draw the detections scoring at least ``score_thresh`` on the first ``max_images`` images (by
     ``image_id``) as ``{folder}/{image file stem}.png`` (``000001.jpg`` -> ``000001.png``; a stem already
-    written gets ``_{image_id}`` appended); return the paths. ``max_images < 0`` draws them all.
+    written gets ``_{image_id}`` appended); return the paths. ``max_images < 0`` draws them all. With
+    ``attribute_names`` each tag lists the attributes scoring at least ``attribute_thresh``.
 
     Images are decoded as training decodes them (``maskrcnn.data.dataset.decode_image``: 16-bit images
     scaled, transparency composited on white); ``draw_instances`` enlarges small images and scales the text
@@ -151,11 +161,16 @@ def write_overlays(folder: str, records: Sequence[Mapping], encoded: Sequence[Ma
         masks = None
         if pred["masks"] is not None and keep:
             masks = np.stack([mask_utils.decode(pred["masks"][i]) for i in keep])  # (N, H, W) uint8
+        attributes = None
+        if pred.get("attribute_scores") is not None and attribute_names:
+            kept = [attributes_above(pred["attribute_scores"][i], attribute_thresh) for i in keep]
+            attributes = [[attribute_names[a] for a, _ in pairs] for pairs in kept]  # names, best first
         picture = draw_instances(
             image,
             boxes=np.array([pred["boxes"][i] for i in keep], dtype=np.float64).reshape(-1, 4),
             labels=np.array([pred["labels"][i] for i in keep], dtype=np.int64),
             masks=masks, scores=np.array([pred["scores"][i] for i in keep]), class_names=class_names,
+            attributes=attributes,
         )
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         stem = f"{stem}_{pred['image_id']}" if stem in stems else stem
@@ -224,9 +239,13 @@ def run_evaluation(model: nn.Module, validation: ValidationSet, cfg, info: Distr
             write_attribute_report(report["attributes"], folder)
             print(format_attribute_report(report["attributes"]), flush=True)
         if write_predictions:
-            path = write_predictions_json(os.path.join(folder, PREDICTIONS_FILE), encoded, validation.class_names)
+            index = validation.dataset.attribute_index  # {source id: column}: the table when the config lacks it
+            source_ids = list(cfg.model.attribute_source_ids) or sorted(index, key=index.get)
+            path = write_predictions_json(os.path.join(folder, PREDICTIONS_FILE), encoded, validation.class_names,
+                                          source_ids, cfg.infer.attribute_thresh)
             pictures = write_overlays(os.path.join(folder, "overlays"), validation.records, encoded,
-                                      validation.class_names, cfg.train.overlays, cfg.train.overlay_score_thresh)
+                                      validation.class_names, cfg.train.overlays, cfg.train.overlay_score_thresh,
+                                      cfg.model.attribute_names, cfg.infer.attribute_thresh)
             print(f"predictions: {path}; {len(pictures)} overlay pictures in {os.path.join(folder, 'overlays')}",
                   flush=True)
     synchronize()

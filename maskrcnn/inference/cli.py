@@ -7,7 +7,8 @@ INPUT is an image file, a folder (searched recursively for image files) or a glo
 
     DIR/json/{name}.json         one per image (default; --json coco writes DIR/coco_results.json instead,
                                  --json none neither)
-    DIR/overlays/{name}.png      masks, boxes, "tag score" labels, legend (--no-overlays to skip)
+    DIR/overlays/{name}.png      masks, boxes, "tag score" labels (with an attribute head "tag score | attributes"),
+                                 legend (--no-overlays to skip)
     DIR/crops/{name}_{k}_{tag}.png   each instance on a transparent background (--crops)
     DIR/unreadable.txt           "path<TAB>reason" of each file that could not be read (only if any)
     --as-dataset DATASET_DIR     the images and a COCO instances JSON of the predictions (auto-annotation)
@@ -42,6 +43,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--class", dest="classes", action="append", metavar="NAME",
                         help="keep only this class; repeat for several (infer.classes)")
     parser.add_argument("--mask-threshold", type=float, help="mask probability cut (infer.mask_threshold)")
+    parser.add_argument("--attribute-thresh", type=float,
+                        help="with an attribute head: list attributes scoring at least this (infer.attribute_thresh)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (infer.batch_size)")
     parser.add_argument("--workers", type=int, help="image-decoding processes (infer.num_workers)")
     parser.add_argument("--max-decoded-side", type=int, help="shrink larger images first (infer.max_decoded_side)")
@@ -76,16 +79,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Imported here so that --help and argument errors do not wait for torch.
     from maskrcnn.inference.auto_annotate import DatasetWriter
     from maskrcnn.inference.images import expand_inputs
-    from maskrcnn.inference.outputs import coco_results, summary_line, write_json, write_outputs
+    from maskrcnn.inference.outputs import attribute_source_ids, coco_results, summary_line, write_json, write_outputs
     from maskrcnn.inference.predictor import Predictor
 
+    overrides = list(args.overrides)
+    if args.attribute_thresh is not None:
+        overrides.append(f"infer.attribute_thresh={args.attribute_thresh}")
     try:
         paths = expand_inputs(args.inputs)
         predictor = Predictor(
-            args.weights, device=args.device, config=args.config, overrides=args.overrides,
+            args.weights, device=args.device, config=args.config, overrides=overrides,
             score_thresh=args.score_thresh, max_detections=args.max_detections, classes=args.classes,
             mask_threshold=args.mask_threshold, batch_size=args.batch_size, num_workers=args.workers,
             max_decoded_side=args.max_decoded_side, max_image_pixels=args.max_image_pixels)
+        model_cfg = predictor.cfg.model  # COCO results name attributes by their source ids (outputs.py)
+        names = list(model_cfg.attribute_names) or [f"attribute_{a}" for a in range(model_cfg.num_attributes)]
+        attribute_ids = attribute_source_ids(names, model_cfg.attribute_source_ids) if args.json == "coco" else None
     except (FileNotFoundError, ValueError, ConfigError) as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 2
@@ -110,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                           predictor.mask_threshold, per_image_json=args.json == "per-image",
                           overlays=not args.no_overlays, crops=args.crops, overlay_max_side=overlay_max_side)
             if args.json == "coco":
-                coco.extend(coco_results(result, image_id))
+                coco.extend(coco_results(result, image_id, attribute_ids))
             if dataset is not None:
                 dataset.add(result, image_id)
             tags = ", ".join(f"{i.tag} {i.score:.2f}" for i in result.instances[:6])

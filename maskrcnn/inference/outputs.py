@@ -17,8 +17,16 @@ boxes as ``[x, y, w, h]``, with the class name and file name beside the ids so t
 
 ``image_id`` is the image's 1-based position in the input list (unreadable files keep their number).
 
+With an attribute head (``model.num_attributes``) each instance of the JSON has ``"attributes": [{"name",
+"score"}]`` (those scoring at least ``infer.attribute_thresh``, best first), and each COCO results entry
+carries them as Fashionpedia's evaluation reads them: ``"attribute_ids"``, the dataset's own ids
+(``model.attribute_source_ids``, e.g. Fashionpedia's 0..293), and ``"attribute_scores"`` in the same order::
+
+    {..., "category_name": "dress", "attribute_ids": [115, 136], "attribute_scores": [0.91, 0.64]}
+
 Overlays (:func:`draw_overlay`): ``maskrcnn.visualize.draw_instances`` -- masks in their class colours, boxes,
-``"tag score"`` labels and a legend -- scaled down when the image's longer side exceeds ``max_side``.
+``"tag score"`` labels (``"tag score | attribute, attribute"`` with an attribute head) and a legend -- scaled
+down when the image's longer side exceeds ``max_side``.
 
 Crops (:func:`instance_crops`): each instance cut out at the whole-pixel bounds of its mask, as an RGBA picture
 whose alpha is the mask (transparent background, a product image). A crop of an image that was shrunk for
@@ -29,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -58,16 +66,42 @@ def write_json(path: str, data) -> str:
     return path
 
 
-def coco_results(result: FileResult, image_id: int) -> List[dict]:
-    """The COCO results entries (module docstring) of one image."""
+def attribute_source_ids(attribute_names: Sequence[str], source_ids: Sequence[int]) -> Dict[str, int]:
+    """``{attribute name: source id}`` from ``model.attribute_names`` and ``model.attribute_source_ids``.
+
+    Empty ``source_ids`` (a config written before they were stored) give the 0-based positions. ValueError
+    naming the keys when the lists differ in length or a name repeats (it would not say which id is meant).
+    """
+    names = list(attribute_names)
+    ids = [int(i) for i in source_ids] or list(range(len(names)))
+    if len(ids) != len(names):
+        raise ValueError(f"model.attribute_source_ids has {len(ids)} entries but model.attribute_names "
+                         f"{len(names)}: they must list the same attributes")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"model.attribute_names: {repeated} appear more than once")
+    return dict(zip(names, ids))
+
+
+def coco_results(result: FileResult, image_id: int, attribute_ids: Optional[Mapping[str, int]] = None) -> List[dict]:
+    """The COCO results entries (module docstring) of one image.
+
+    ``attribute_ids``: :func:`attribute_source_ids`, needed when the instances carry attributes.
+    """
     entries = []
     for instance in result.instances:
         x1, y1, x2, y2 = instance.box
-        entries.append({
+        entry = {
             "image_id": int(image_id), "file_name": os.path.basename(result.path),
             "category_id": instance.label, "category_name": instance.tag, "score": instance.score,
             "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": dict(instance.rle),
-        })
+        }
+        if instance.attributes is not None:  # already cut at infer.attribute_thresh, best first
+            if attribute_ids is None:
+                raise ValueError("coco_results: the instances carry attributes; pass attribute_ids")
+            entry["attribute_ids"] = [attribute_ids[a["name"]] for a in instance.attributes]
+            entry["attribute_scores"] = [float(a["score"]) for a in instance.attributes]
+        entries.append(entry)
     return entries
 
 
@@ -94,8 +128,11 @@ def draw_overlay(result: FileResult, class_names: Sequence[str], max_side: int =
     instances = result.instances
     boxes = np.array([i.box for i in instances], dtype=np.float64).reshape(-1, 4)
     boxes *= np.array([size[0] / result.width, size[1] / result.height] * 2)
+    attributes = None
+    if any(i.attributes is not None for i in instances):  # a model with an attribute head
+        attributes = [[a["name"] for a in i.attributes or []] for i in instances]
     return draw_instances(picture, boxes, [i.label for i in instances], masks=_scaled_masks(instances, size),
-                          scores=[i.score for i in instances], class_names=class_names)
+                          scores=[i.score for i in instances], class_names=class_names, attributes=attributes)
 
 
 def _safe(text: str) -> str:

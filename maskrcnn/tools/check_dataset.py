@@ -13,7 +13,11 @@ Problems found (each named by the file and the field, e.g.
   names that disagree with the class table (this stops the check: exit 2), exact duplicate annotations
   (``maskrcnn.data.duplicates``), file names that resolve outside the images folder;
 - here, per record: a missing or undecodable image, an image whose size differs from the annotation's
-  ``height``/``width``, a mask with no pixel.
+  ``height``/``width``, a mask with no pixel;
+- with an attribute table (``data.attributes`` in the config, or ``--attributes``): each attribute id that
+  annotations carry but the table does not list, with its count and an example annotation. After a
+  ``data.attribute_supercategories`` selection the ids of the other supercategories are expected (the
+  model leaves them out); they are listed as a note, not as problems.
 
 Warnings that leave the data usable are listed apart and do not change the exit status: self-intersecting
 polygons (with their count). An empty split (no image) cannot be checked: exit 2.
@@ -36,13 +40,15 @@ from typing import Optional, Sequence
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from maskrcnn.data.attributes import attribute_table_for, unknown_attribute_ids
 from maskrcnn.data.load import load_dataset, split_options
-from maskrcnn.data.problems import Problems
+from maskrcnn.data.problems import Problem, Problems
 from maskrcnn.data.dataset import decode_image
 from maskrcnn.data.records import RecordSet, segmentation_to_rle
 from maskrcnn.data.samplers import format_repeat_factors
 
-__all__ = ["CheckReport", "check_dataset", "check_records", "format_report", "write_overlays", "main"]
+__all__ = ["CheckReport", "check_attributes", "check_dataset", "check_records", "format_report", "write_overlays",
+           "main"]
 
 SMALL_AREA, MEDIUM_AREA = 32 ** 2, 96 ** 2  # COCO's instance-size buckets
 
@@ -54,7 +60,9 @@ class CheckReport:
     ``problems`` are :class:`maskrcnn.data.problems.Problem` (``where``, ``message``); ``per_class`` is
     a list of ``(label, name, instances, images)``; ``areas`` holds every instance's mask area in
     pixels; ``box_mask_disagreements`` counts boxes whose IoU with their mask's box is below 0.9
-    (reported as a note: ``data.recompute_boxes`` fixes them).
+    (reported as a note: ``data.recompute_boxes`` fixes them). ``attribute_table`` describes the attribute
+    table checked against (empty: none); ``unselected_attributes`` are ``(source id, count, example)`` of
+    the ids that a supercategory selection leaves out (expected; unknown ids are in ``problems``).
     """
 
     source: str
@@ -68,6 +76,8 @@ class CheckReport:
     box_mask_disagreements: int = 0
     notes: list = field(default_factory=list)
     dataset: Optional[RecordSet] = None
+    attribute_table: str = ""
+    unselected_attributes: list = field(default_factory=list)
 
 
 def _box_iou(a, b) -> float:
@@ -143,12 +153,58 @@ def check_records(dataset: RecordSet, problems: Problems, check_images: bool = T
     return report
 
 
-def check_dataset(format: str, annotations, images_dir="", check_images: bool = True, **options) -> CheckReport:
-    """Load a split with every problem collected (nothing raised, boxes not clipped) and check it."""
+def _first_annotations(records, ids) -> dict:
+    """``{source id: "image_id I, annotation id A"}``: the first annotation carrying each of ``ids``."""
+    examples = {}
+    for record in records:
+        for ann in record["annotations"]:
+            for i in ann.get("attribute_ids") or []:
+                if i in ids and i not in examples:
+                    examples[i] = f"image_id {record['image_id']}, annotation id {ann.get('id')}"
+    return examples
+
+
+def check_attributes(report: CheckReport, attributes: str, annotations, format: str, label_descriptions: str = "",
+                     supercategories: Sequence[str] = ()) -> None:
+    """Add the attribute ids outside the table that ``data.attributes`` names to ``report`` (module docstring).
+
+    Ids absent from the whole table are problems; ids only left out by the ``supercategories`` selection
+    go to ``report.unselected_attributes``. ValueError when the table cannot be read.
+    """
+    table = attribute_table_for(attributes, annotations, format, label_descriptions, supercategories)
+    if table is None:
+        return
+    full = attribute_table_for(attributes, annotations, format, label_descriptions) if supercategories else table
+    report.attribute_table = f"{len(table)} attributes of {table.path or attributes}" + (
+        f" (supercategories {list(supercategories)} of {len(full)})" if supercategories else "")
+    records = report.dataset.records
+    counts = unknown_attribute_ids(records, table)
+    examples = _first_annotations(records, set(counts))
+    in_full = set(full.source_ids)
+    for i in sorted(counts):
+        if i in in_full:  # listed by the table, outside the chosen supercategories: expected
+            report.unselected_attributes.append((i, counts[i], examples[i]))
+        else:
+            report.problems.append(Problem(f"{report.source}: attribute_ids",
+                                           f"attribute id {i} is not in {table.path or attributes} ({counts[i]} "
+                                           f"annotation(s), e.g. {examples[i]})"))
+
+
+def check_dataset(format: str, annotations, images_dir="", check_images: bool = True, attributes: str = "",
+                  attribute_supercategories: Sequence[str] = (), **options) -> CheckReport:
+    """Load a split with every problem collected (nothing raised, boxes not clipped) and check it.
+
+    ``attributes`` (``data.attributes``: ``"file"`` or a table file) and ``attribute_supercategories`` add
+    the attribute check (:func:`check_attributes`).
+    """
     problems = Problems("collect", thorough=True)
     options = {**options, "problems": problems, "clip_boxes": False, "strict": False}
     dataset = load_dataset(format, annotations, images_dir, **options)
-    return check_records(dataset, problems, check_images=check_images)
+    report = check_records(dataset, problems, check_images=check_images)
+    if attributes:
+        check_attributes(report, attributes, annotations, format, options.get("label_descriptions", ""),
+                         list(attribute_supercategories))
+    return report
 
 
 def format_report(report: CheckReport, max_problems: int = 200) -> str:
@@ -177,6 +233,13 @@ def format_report(report: CheckReport, max_problems: int = 200) -> str:
             lines.append(f"  {note}")
         if len(report.notes) > max_problems:
             lines.append(f"  ... and {len(report.notes) - max_problems} more")
+    if report.attribute_table:
+        lines.append(f"attributes: {report.attribute_table}; ids outside it are listed as problems")
+    if report.unselected_attributes:
+        lines.append(f"note: {len(report.unselected_attributes)} attribute id(s) of supercategories that "
+                     f"data.attribute_supercategories leaves out (expected, not an error: the model ignores them)")
+        for i, count, example in report.unselected_attributes[:max_problems]:
+            lines.append(f"  attribute id {i}: {count} annotation(s), e.g. {example}")
     if report.box_mask_disagreements:
         lines.append(f"note: {report.box_mask_disagreements} boxes disagree with their masks (IoU < 0.9); "
                      f"data.recompute_boxes=true replaces them by the masks' boxes")
@@ -220,6 +283,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--annotations", help="without --config: annotation file (or DeepFashion2 annos/ folder)")
     parser.add_argument("--images", default="", help="without --config: the images folder")
     parser.add_argument("--categories", default="", help="class-table file or built-in name (optional)")
+    parser.add_argument("--attributes", default="", metavar="TABLE",
+                        help="without --config: check attribute ids against this table ('file' = the "
+                             "annotation file's own list, or a table file; data.attributes)")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="write N ground-truth overlays")
     parser.add_argument("--out", default="output/check_dataset", help="folder for the --show overlays")
     parser.add_argument("--no-images", action="store_true", help="skip decoding the image files (faster)")
@@ -239,7 +305,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _jobs(args: argparse.Namespace) -> list:
     """``(name, format, annotations, images_dir, options)`` for each split to check."""
     if not args.config:
-        options = {"categories": args.categories or None}
+        options = {"categories": args.categories or None, "attributes": args.attributes}
         return [("", args.format, args.annotations, args.images, options)]
     from maskrcnn.config import load_config
 
@@ -252,6 +318,8 @@ def _jobs(args: argparse.Namespace) -> list:
         options = split_options(cfg.data, split)
         for key in ("clip_boxes", "strict"):
             options.pop(key)
+        options["attributes"] = cfg.data.attributes
+        options["attribute_supercategories"] = list(cfg.data.attribute_supercategories)
         jobs.append((split, options.pop("format"), options.pop("annotations"), options.pop("images_dir"), options))
     if not jobs:
         raise ValueError(f"{args.config}: data.train_annotations and data.val_annotations are both empty")

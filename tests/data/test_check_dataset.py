@@ -134,3 +134,64 @@ def test_show_decodes_like_training(tmp_path):
     # a pixel away from the instance (bottom right), the tag and the legend
     assert gray_picture.getpixel((5, 35)) == (128, 128, 128)  # 32768 / 65535 -> 0.5 -> 128
     assert rgba_picture.getpixel((5, 35)) == (255, 255, 255)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attribute ids outside the attribute table (data.attributes)
+# ----------------------------------------------------------------------------------------------
+FASHIONPEDIA_JSON = os.path.join(FIXTURES, "fashionpedia", "instances_attributes_val2020.json")
+FASHIONPEDIA_IMAGES = os.path.join(FIXTURES, "fashionpedia", "images")
+
+
+def _fashionpedia_with_unknown_ids(tmp_path, other_supercategory=False):
+    """The Fashionpedia fixture (attributes 115 and 136, annotations 11 and 12 of image 7) plus annotation 13
+    carrying ids 999 (listed nowhere) and 136; optionally 136 moved to a second supercategory."""
+    import json as json_module
+
+    with open(FASHIONPEDIA_JSON) as f:
+        data = json_module.load(f)
+    data["annotations"].append({"id": 13, "image_id": 7, "category_id": 0, "attribute_ids": [999, 136],
+                                "segmentation": [[2, 14, 10, 14, 10, 20, 2, 20]], "bbox": [2, 14, 8, 6],
+                                "area": 48, "iscrowd": 0})
+    if other_supercategory:
+        data["attributes"][1]["supercategory"] = "other"
+    path = tmp_path / "instances_attributes_val2020.json"
+    path.write_text(json_module.dumps(data))
+    return str(path)
+
+
+def test_attribute_ids_outside_the_table_are_problems_with_count_and_example(tmp_path, capsys):
+    path = _fashionpedia_with_unknown_ids(tmp_path)
+    report = check_dataset("coco", path, FASHIONPEDIA_IMAGES, categories="fashionpedia", attributes="file")
+    assert [str(p) for p in report.problems] == [
+        f"{path}: attribute_ids: attribute id 999 is not in {path} (1 annotation(s), e.g. image_id 7, "
+        "annotation id 13)"]
+    assert report.unselected_attributes == []
+    assert "attributes: 2 attributes of" in format_report(report)
+    # without data.attributes there is no table, and nothing to report
+    assert check_dataset("coco", path, FASHIONPEDIA_IMAGES, categories="fashionpedia").problems == []
+    assert main(["--format", "coco", "--annotations", path, "--images", FASHIONPEDIA_IMAGES,
+                 "--categories", "fashionpedia", "--attributes", "file"]) == 1
+    assert "attribute id 999 is not in" in capsys.readouterr().out
+    assert main(["--format", "coco", "--annotations", FASHIONPEDIA_JSON, "--images", FASHIONPEDIA_IMAGES,
+                 "--categories", "fashionpedia", "--attributes", "file"]) == 0   # the fixture as shipped
+
+
+def test_ids_left_out_by_a_supercategory_selection_are_expected_not_errors(tmp_path, capsys):
+    path = _fashionpedia_with_unknown_ids(tmp_path, other_supercategory=True)
+    config = tmp_path / "fashionpedia.yaml"
+    config.write_text(f"data:\n  format: coco\n  categories: fashionpedia\n  train_annotations: {path}\n"
+                      f"  train_images: {FASHIONPEDIA_IMAGES}\n  attributes: file\n"
+                      f"  attribute_supercategories: [fixture]\n")
+    assert main(["--config", str(config)]) == 1             # 999 is in no supercategory: still a problem
+    out = capsys.readouterr().out
+    assert "problems: 1\n" in out and "attribute id 999 is not in" in out
+    assert ("note: 1 attribute id(s) of supercategories that data.attribute_supercategories leaves out "
+            "(expected, not an error: the model ignores them)\n"
+            "  attribute id 136: 2 annotation(s), e.g. image_id 7, annotation id 11") in out
+    report = check_dataset("coco", path, FASHIONPEDIA_IMAGES, categories="fashionpedia", attributes="file",
+                           attribute_supercategories=["fixture"])
+    assert report.unselected_attributes == [(136, 2, "image_id 7, annotation id 11")]  # annotations 11 and 13
+    assert "attributes: 1 attributes of" in format_report(report)
+    assert main(["--config", str(config), "data.attribute_supercategories=[sleeve]"]) == 2   # not in the table
+    assert "data.attribute_supercategories: ['sleeve'] not in" in capsys.readouterr().err
