@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -186,11 +186,13 @@ def write_overlays(folder: str, records: Sequence[Mapping], encoded: Sequence[Ma
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class ValidationSet:
-    """The validation split: its records (the ground truth), a dataset without augmentation, the class names."""
+    """The validation split: its records (the ground truth), a dataset without augmentation, the class names
+    and, with ``data.attributes`` set, the names of its attribute table (column order)."""
 
     records: List[dict]
     dataset: FashionDataset
     class_names: List[str]
+    attribute_names: List[str] = field(default_factory=list)
 
 
 def load_validation_set(cfg, class_names: Sequence[str], verbose: bool = True) -> Optional[ValidationSet]:
@@ -206,8 +208,16 @@ def load_validation_set(cfg, class_names: Sequence[str], verbose: bool = True) -
     if list(val_set.class_names) != list(class_names):
         raise ValueError(f"data.val_annotations ({cfg.data.val_annotations}) has classes {val_set.class_names}, "
                          f"the training set {list(class_names)}: use the same class table for both")
+    attribute_names = list(val_set.attribute_names)
+    if cfg.model.num_attributes and attribute_names:
+        # the columns of the attribute scores must mean the same attributes as the table the head learned
+        expected = list(cfg.model.attribute_names) or attribute_names
+        if attribute_names != expected or len(attribute_names) != cfg.model.num_attributes:
+            raise ValueError(f"data.val_annotations ({cfg.data.val_annotations}) has attributes {attribute_names[:10]}"
+                             f"{' ...' if len(attribute_names) > 10 else ''} ({len(attribute_names)}), the model "
+                             f"{expected[:10]} ({cfg.model.num_attributes}): use the same attribute table for both")
     dataset = FashionDataset(val_set, augmentations=None, strict=cfg.data.strict, seed=cfg.seed)
-    return ValidationSet(list(val_set.records), dataset, list(class_names))
+    return ValidationSet(list(val_set.records), dataset, list(class_names), attribute_names)
 
 
 def run_evaluation(model: nn.Module, validation: ValidationSet, cfg, info: DistributedInfo, folder: str,
@@ -230,8 +240,10 @@ def run_evaluation(model: nn.Module, validation: ValidationSet, cfg, info: Distr
                           confusion_score_thresh=cfg.eval.confusion_score_thresh, skipped=skipped)
         print(f"evaluation of the validation split ({folder}):", flush=True)
         print(format_report(report), flush=True)
+        # names: the checkpoint's; train.py --eval-only reads the YAML, whose names are the validation table's
+        attribute_names = list(cfg.model.attribute_names) or validation.attribute_names
         if cfg.model.num_attributes and validation.dataset.attribute_index:
-            report["attributes"] = evaluate_attributes(validation.records, encoded, cfg.model.attribute_names,
+            report["attributes"] = evaluate_attributes(validation.records, encoded, attribute_names,
                                                        validation.dataset.attribute_index, cfg.infer.attribute_thresh)
             report["attributes"]["fashionpedia"] = evaluate_fashionpedia(  # AP_IoU+F1, segm and bbox
                 validation.records, encoded, validation.dataset.attribute_index, cfg.infer.attribute_thresh,
@@ -245,7 +257,7 @@ def run_evaluation(model: nn.Module, validation: ValidationSet, cfg, info: Distr
                                           source_ids, cfg.infer.attribute_thresh)
             pictures = write_overlays(os.path.join(folder, "overlays"), validation.records, encoded,
                                       validation.class_names, cfg.train.overlays, cfg.train.overlay_score_thresh,
-                                      cfg.model.attribute_names, cfg.infer.attribute_thresh)
+                                      attribute_names, cfg.infer.attribute_thresh)
             print(f"predictions: {path}; {len(pictures)} overlay pictures in {os.path.join(folder, 'overlays')}",
                   flush=True)
     synchronize()

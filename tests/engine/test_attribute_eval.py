@@ -129,3 +129,30 @@ def test_validation_report_carries_fashionpedia_ap(tmp_path, capsys):
         assert written[iou_type]["AP_IoU+F1"] == pytest.approx(1.0, abs=1e-12)
         assert written[iou_type]["categories_with_attributes"]  # the synthetic objects all carry a pattern
     assert "Fashionpedia segm AP_IoU+F1 1.000" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2
+def test_eval_only_config_without_names_uses_the_validation_table(tmp_path):
+    """``train.py --eval-only`` reads the YAML, whose ``model.attribute_names`` is empty: the report then names
+    the attributes from the validation set's table instead of reporting none."""
+    paths = generate_synthetic_dataset(str(tmp_path / "data"), num_train=0, num_val=3, seed=2, image_size=64)
+    val = paths["val"]
+    cfg = load_config("configs/synthetic_attributes.yaml", overrides=[
+        f"data.val_annotations={val['annotations']}", f"data.val_images={val['images']}", "eval.pictures=false"])
+    assert list(cfg.model.attribute_names) == []
+    validation = load_validation_set(cfg, load_split(cfg, "val").class_names, verbose=False)
+    model = GroundTruthModel(validation.records, validation.dataset.attribute_index)
+    report = run_evaluation(model, validation, cfg, DistributedInfo(0, 1, 0, torch.device("cpu"), None), str(tmp_path))
+    rows = report["attributes"]["per_attribute"]
+    assert [r["name"] for r in rows] == ["plain", "striped", "checked", "dotted", "mottled"]
+    assert report["attributes"]["mAP"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_validation_table_other_than_the_models_is_refused(tmp_path):
+    paths = generate_synthetic_dataset(str(tmp_path / "data"), num_train=0, num_val=1, seed=2, image_size=64)
+    val = paths["val"]
+    cfg = load_config("configs/synthetic_attributes.yaml", overrides=[
+        f"data.val_annotations={val['annotations']}", f"data.val_images={val['images']}"])
+    cfg.model.attribute_names = ["striped", "plain", "checked", "dotted", "mottled"]  # another column order
+    with pytest.raises(ValueError, match="use the same attribute table for both"):
+        load_validation_set(cfg, load_split(cfg, "val").class_names, verbose=False)
