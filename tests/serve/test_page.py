@@ -201,3 +201,20 @@ def test_dropping_a_photo_on_the_page(browser, server, tmp_path):
                                     " [li.dataset.tag, parseFloat(li.dataset.score)]);")
     assert [tuple(entry) for entry in listed] == [(i["tag"], i["score"]) for i in items] and items
     assert "in dropped.png, 96x128" in browser.find_element("id", "status").text
+
+
+def test_page_lists_the_attributes_of_an_attribute_model(browser, server):
+    """Items of a model with an attribute head carry ``attributes`` ([{name, score}], best first): the list
+    shows them after the tag; items without them read as before."""
+    browser.get(server.url + "/")
+    wait_for_state(browser, {"idle"})
+    listed = browser.execute_script(
+        "state.doc = {width: 40, height: 30, items: ["
+        "  {tag: 'dress', category_id: 4, score: 0.93, box: [1, 2, 20, 25], area: 300,"
+        "   attributes: [{name: 'striped', score: 0.8}, {name: 'midi', score: 0.6}]},"
+        "  {tag: 'bag', category_id: 1, score: 0.5, box: [5, 5, 9, 9], area: 12, attributes: []},"
+        "  {tag: 'top', category_id: 6, score: 0.4, box: [5, 5, 9, 9], area: 12}]};"
+        "listItems(); return [...document.querySelectorAll('#items li.item')].map((li) =>"
+        " [li.textContent, li.dataset.attributes, attributeText(state.doc.items[0])]);")
+    assert listed == [["dress | striped, midi0.930", "striped,midi", " | striped, midi"],
+                      ["bag0.500", "", " | striped, midi"], ["top0.400", "", " | striped, midi"]]
