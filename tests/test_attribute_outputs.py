@@ -207,30 +207,31 @@ def test_a_bad_source_id_list_is_refused_with_exit_status_2(head, tmp_path):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_training_stores_the_source_ids_and_every_results_file_uses_them(tmp_path):
-    """Two iterations on the synthetic set (attribute source ids 1..5, columns 0..4): the checkpoint's config
+    """Two iterations on the synthetic set (attribute source ids 1..7, columns 0..6): the checkpoint's config
     carries the ids, and predictions.json and infer.py's coco_results.json name the attributes by them."""
     from engine.tiny_training import synthetic_data, write_config
     from maskrcnn.config import load_config
-    from maskrcnn.data.synthetic import PATTERN_NAMES
+    from maskrcnn.data.synthetic import PATTERN_NAMES, TONE_NAMES
     from maskrcnn.engine.trainer import train
 
     data = dict(synthetic_data(tmp_path / "data", num_train=2, num_val=2), attributes="file")
-    config = write_config(tmp_path, data, model={"num_attributes": len(PATTERN_NAMES), "attribute_hidden_dim": 16},
+    config = write_config(tmp_path, data, model={"num_attributes": len(PATTERN_NAMES + TONE_NAMES),
+                                                 "attribute_hidden_dim": 16},
                           solver={"max_iter": 2, "checkpoint_period": 0}, train={"overlays": 2},
                           infer={"attribute_thresh": 0.0}, output_dir=str(tmp_path / "run"))
     with contextlib.redirect_stdout(io.StringIO()):
         result = train(load_config(config))
     state = torch.load(result["checkpoint"], map_location="cpu", weights_only=True)
-    assert state["config"]["model"]["attribute_names"] == list(PATTERN_NAMES)
-    assert state["config"]["model"]["attribute_source_ids"] == [1, 2, 3, 4, 5]
+    assert state["config"]["model"]["attribute_names"] == PATTERN_NAMES + TONE_NAMES
+    assert state["config"]["model"]["attribute_source_ids"] == [1, 2, 3, 4, 5, 6, 7]
     with open(tmp_path / "run" / "eval" / "final" / "predictions.json") as f:
         detections = json.load(f)
-    assert detections and all(sorted(d["attribute_ids"]) == [1, 2, 3, 4, 5] for d in detections)  # threshold 0
+    assert detections and all(sorted(d["attribute_ids"]) == [1, 2, 3, 4, 5, 6, 7] for d in detections)  # threshold 0
     out = str(tmp_path / "infer")
     status, _, stderr = run(["--weights", result["checkpoint"], data["val_images"], "--out", out, "--json", "coco",
                              "--no-overlays", "--score-thresh", "0", "--workers", "0"])
     assert status == 0, stderr
     with open(os.path.join(out, "coco_results.json")) as f:
         results = json.load(f)
-    assert results and all(sorted(r["attribute_ids"]) == [1, 2, 3, 4, 5] for r in results)
+    assert results and all(sorted(r["attribute_ids"]) == [1, 2, 3, 4, 5, 6, 7] for r in results)
     assert all(r["attribute_scores"] == sorted(r["attribute_scores"], reverse=True) for r in results)

@@ -19,9 +19,12 @@ Annotations are exact. A fully visible object's segmentation is its polygon; a p
 compressed COCO RLE of its *visible* pixels (the covered part is not in its mask). The mask is what
 ``records.segmentation_to_mask`` decodes, the image paints exactly those pixels, ``bbox`` is the whole-pixel box
 of the visible mask (``[x, y, w, h]``, COCO order) and ``area`` its pixel count.
-``attribute_ids`` holds the object's fabric pattern (one of ``PATTERN_NAMES``, drawn independently of the
-class, so that the class does not predict it), named by the file's top-level ``attributes`` list as
-Fashionpedia's files name theirs: the attribute head's demo (``configs/synthetic_attributes.yaml``).
+``attribute_ids`` holds the object's fabric pattern (one of ``PATTERN_NAMES``, ids 1-5) and, when its fabric is
+clearly dark or light, its colour tone (``TONE_NAMES``, ids 6-7: the mean luminance of its visible pixels
+below ``DARK_BELOW`` or above ``LIGHT_ABOVE``). Both come from the fabric, whose pattern and colours are drawn
+independently of the class, so the class predicts neither; an object has one or two attributes (multi-label).
+The file's top-level ``attributes`` list names them as Fashionpedia's files name theirs: the attribute head's
+demo (``configs/synthetic_attributes.yaml``).
 
 Determinism. Image ``i`` of a split draws from ``numpy.random.default_rng([seed, split, i])``: the same seed gives
 byte-identical JPEGs and JSON, and image ``i`` does not depend on how many images are generated.
@@ -44,6 +47,13 @@ CLASS_NAMES = ["bag", "footwear", "outer", "dress", "pants", "top", "skirt", "he
 # The fabric pattern of each object, drawn independently of its class: its one attribute (attribute_ids,
 # source ids 1..5, supercategory "textile pattern"; the file's top-level "attributes" list names them).
 PATTERN_NAMES = ["plain", "striped", "checked", "dotted", "mottled"]
+# The colour tone of a fabric whose visible pixels are clearly dark or light on average (Rec. 601 luminance in
+# [0, 1] of the painted pixels); source ids 6-7, supercategory "colour tone". Most objects have neither.
+TONE_NAMES = ["dark", "light"]
+DARK_BELOW, LIGHT_ABOVE = 0.3, 0.6
+ATTRIBUTES = ([{"id": i + 1, "name": n, "supercategory": "textile pattern"} for i, n in enumerate(PATTERN_NAMES)]
+              + [{"id": len(PATTERN_NAMES) + i + 1, "name": n, "supercategory": "colour tone"}
+                 for i, n in enumerate(TONE_NAMES)])
 SPLITS = {"train": 0, "val": 1}  # split number mixed into the seed
 MIN_VISIBLE = 0.55  # an object keeps at least this fraction of its pixels when later objects cover it
 JPEG_QUALITY = 90
@@ -236,8 +246,8 @@ def _place(rng, name, height, width):
 def render_image(rng: np.random.Generator, height: int, width: int):
     """One picture and its objects in painting order.
 
-    Returns ``(image uint8 (H, W, 3), [(label, polygons, visible mask (H, W) bool, full area, pattern), ...])``
-    with ``pattern`` the index of the object's fabric in ``PATTERN_NAMES``.
+    Returns ``(image uint8 (H, W, 3), [(label, polygons, visible mask (H, W) bool, full area, attribute ids),
+    ...])``: the source ids of the object's pattern and tone (module docstring).
     """
     wanted = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.3, 0.3, 0.2]))
     objects = []  # (label, polygons, full mask) in painting order
@@ -260,9 +270,18 @@ def render_image(rng: np.random.Generator, height: int, width: int):
         image[_outline(full)] *= 0.55
         patterns.append(pattern)
     image = np.clip(image + rng.normal(0.0, 0.015, image.shape), 0.0, 1.0)
-    described = [(label, polygons, visible, int(full.sum()), pattern)
+    luminance = image @ np.array([0.299, 0.587, 0.114])  # (H, W, 3) -> (H, W)
+    described = [(label, polygons, visible, int(full.sum()), [pattern + 1] + _tone_ids(luminance[visible]))
                  for (label, polygons, full), visible, pattern in zip(objects, _visible(objects), patterns)]
     return (image * 255 + 0.5).astype(np.uint8), described
+
+
+def _tone_ids(luminance: np.ndarray) -> list:
+    """``[6]`` (dark), ``[7]`` (light) or ``[]`` from an object's visible pixels' luminance values."""
+    mean = float(luminance.mean())
+    if mean < DARK_BELOW:
+        return [len(PATTERN_NAMES) + 1]
+    return [len(PATTERN_NAMES) + 2] if mean > LIGHT_ABOVE else []
 
 
 def _visible(objects):
@@ -277,7 +296,7 @@ def _visible(objects):
 # ----------------------------------------------------------------------------------------------
 # Writing a split
 # ----------------------------------------------------------------------------------------------
-def _annotation(ann_id, image_id, label, polygons, visible, full_area, pattern):
+def _annotation(ann_id, image_id, label, polygons, visible, full_area, attribute_ids):
     x1, y1, x2, y2 = (float(v) for v in mask_to_box(visible))
     if int(visible.sum()) == full_area:
         segmentation = polygons
@@ -286,7 +305,7 @@ def _annotation(ann_id, image_id, label, polygons, visible, full_area, pattern):
         segmentation = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
     return {"id": ann_id, "image_id": image_id, "category_id": label, "segmentation": segmentation,
             "area": int(visible.sum()), "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0,
-            "attribute_ids": [pattern + 1]}
+            "attribute_ids": list(attribute_ids)}
 
 
 def write_split(out_dir: str, split: str, count: int, seed: int, height: int, width: int) -> dict:
@@ -300,14 +319,13 @@ def write_split(out_dir: str, split: str, count: int, seed: int, height: int, wi
         image_id, file_name = index + 1, f"{index + 1:06d}.jpg"
         Image.fromarray(picture).save(os.path.join(images_dir, file_name), quality=JPEG_QUALITY)
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for label, polygons, visible, full_area, pattern in objects:
+        for label, polygons, visible, full_area, attribute_ids in objects:
             annotations.append(_annotation(len(annotations) + 1, image_id, label, polygons, visible, full_area,
-                                           pattern))
+                                           attribute_ids))
     coco = {"info": {"description": "maskrcnn synthetic fashion set", "seed": seed, "split": split},
             "licenses": [], "images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(CLASS_NAMES)],
-            "attributes": [{"id": i + 1, "name": n, "supercategory": "textile pattern"}
-                           for i, n in enumerate(PATTERN_NAMES)]}
+            "attributes": ATTRIBUTES}
     annotations_path = os.path.join(out_dir, f"instances_{split}.json")
     with open(annotations_path, "w") as f:
         json.dump(coco, f)

@@ -5,15 +5,19 @@ import json
 import os
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from maskrcnn.config import load_config
 from maskrcnn.data import FashionDataset, load_dataset
 from maskrcnn.data.attributes import (attribute_table_for, attribute_targets, parse_attribute_list,
                                       read_attribute_table, select_supercategories, unknown_attribute_ids)
 from maskrcnn.data.load import load_split
-from maskrcnn.data.synthetic import CLASS_NAMES, PATTERN_NAMES, generate_synthetic_dataset
+from maskrcnn.data.records import segmentation_to_mask
+from maskrcnn.data.synthetic import (CLASS_NAMES, DARK_BELOW, LIGHT_ABOVE, PATTERN_NAMES, TONE_NAMES,
+                                     generate_synthetic_dataset)
 from maskrcnn.data.transforms import keep_instances
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "data")
@@ -91,24 +95,55 @@ def test_instances_dropped_by_augmentation_drop_their_attributes():
     assert kept["attributes_known"].tolist() == [True, True]
 
 
-def test_synthetic_pattern_attribute_is_written_named_and_independent_of_the_class(tmp_path):
+def test_synthetic_attributes_are_written_named_and_independent_of_the_class(tmp_path):
     paths = generate_synthetic_dataset(str(tmp_path), num_train=40, num_val=0, seed=3, image_size=64)
     with open(paths["train"]["annotations"]) as f:
         data = json.load(f)
-    assert [a["name"] for a in data["attributes"]] == PATTERN_NAMES
-    assert all(len(a["attribute_ids"]) == 1 and 1 <= a["attribute_ids"][0] <= 5 for a in data["annotations"])
-    pairs = Counter((a["category_id"], a["attribute_ids"][0]) for a in data["annotations"])
-    # every pattern is worn by several classes, so the class cannot predict it
-    for pattern in range(1, 6):
-        assert len({c for c, p in pairs if p == pattern}) >= 3
+    names = PATTERN_NAMES + TONE_NAMES
+    assert [a["name"] for a in data["attributes"]] == names
+    assert [a["id"] for a in data["attributes"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert {a["supercategory"] for a in data["attributes"][:5]} == {"textile pattern"}
+    assert {a["supercategory"] for a in data["attributes"][5:]} == {"colour tone"}
+    for ann in data["annotations"]:  # one pattern, then at most one tone
+        ids = ann["attribute_ids"]
+        assert 1 <= ids[0] <= 5 and len(ids) <= 2 and all(i in (6, 7) for i in ids[1:]), ids
+    tones = Counter(i for a in data["annotations"] for i in a["attribute_ids"][1:])
+    assert tones[6] >= 5 and tones[7] >= 5 and sum(tones.values()) < len(data["annotations"])  # multi-label
+    pairs = Counter((a["category_id"], i) for a in data["annotations"] for i in a["attribute_ids"])
+    # every attribute is worn by several classes, so the class cannot predict it
+    for attribute in range(1, 8):
+        assert len({c for c, p in pairs if p == attribute}) >= 3
 
     config = tmp_path / "c.yaml"
     config.write_text(f"data:\n  train_annotations: {paths['train']['annotations']}\n"
                       f"  train_images: {paths['train']['images']}\n  attributes: file\n")
     train = load_split(load_config(str(config)), "train")
-    assert train.attribute_names == PATTERN_NAMES and train.attribute_source_ids == [1, 2, 3, 4, 5]
+    assert train.attribute_names == names and train.attribute_source_ids == [1, 2, 3, 4, 5, 6, 7]
     assert train.class_names == CLASS_NAMES
     image, target = FashionDataset(train)[0]
     first = data["annotations"][0]
-    assert target["attributes"][0].argmax().item() == first["attribute_ids"][0] - 1
-    assert target["attributes"].sum(dim=1).tolist() == [1.0] * len(target["labels"])
+    assert target["attributes"][0, :5].argmax().item() == first["attribute_ids"][0] - 1
+    assert target["attributes"][:, :5].sum(dim=1).tolist() == [1.0] * len(target["labels"])  # one pattern each
+    expected = torch.zeros(len(target["labels"]), 7)
+    for row, ann in enumerate(a for a in data["annotations"] if a["image_id"] == 1):
+        expected[row, [i - 1 for i in ann["attribute_ids"]]] = 1
+    assert torch.equal(target["attributes"], expected)
+
+
+def test_synthetic_tone_is_the_mean_luminance_of_the_visible_pixels(tmp_path):
+    """The tone ids follow their definition on the written JPEGs (up to JPEG error, so objects within 0.03 of
+    a threshold are not judged): dark below 0.3, light above 0.6, neither in between."""
+    paths = generate_synthetic_dataset(str(tmp_path), num_train=12, num_val=0, seed=4, image_size=64)
+    records = load_dataset("coco", paths["train"]["annotations"], paths["train"]["images"])
+    judged = 0
+    for record in records.records:
+        pixels = np.asarray(Image.open(record["file_name"]).convert("RGB"), dtype=np.float64) / 255.0
+        luminance = pixels @ np.array([0.299, 0.587, 0.114])
+        for ann in record["annotations"]:
+            mean = luminance[segmentation_to_mask(ann["segmentation"], record["height"], record["width"]) > 0].mean()
+            if min(abs(mean - DARK_BELOW), abs(mean - LIGHT_ABOVE)) < 0.03:
+                continue
+            judged += 1
+            expected = [6] if mean < DARK_BELOW else [7] if mean > LIGHT_ABOVE else []
+            assert ann["attribute_ids"][1:] == expected, (record["file_name"], mean, ann["attribute_ids"])
+    assert judged >= 20

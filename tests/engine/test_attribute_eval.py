@@ -118,7 +118,7 @@ def test_validation_report_carries_fashionpedia_ap(tmp_path, capsys):
     val = paths["val"]
     cfg = load_config("configs/synthetic_attributes.yaml", overrides=[
         f"data.val_annotations={val['annotations']}", f"data.val_images={val['images']}", "eval.pictures=false"])
-    cfg.model.attribute_names = ["plain", "striped", "checked", "dotted", "mottled"]
+    cfg.model.attribute_names = ["plain", "striped", "checked", "dotted", "mottled", "dark", "light"]
     validation = load_validation_set(cfg, load_split(cfg, "val").class_names, verbose=False)
     model = GroundTruthModel(validation.records, validation.dataset.attribute_index)
     report = run_evaluation(model, validation, cfg, DistributedInfo(0, 1, 0, torch.device("cpu"), None), str(tmp_path))
@@ -144,7 +144,7 @@ def test_eval_only_config_without_names_uses_the_validation_table(tmp_path):
     model = GroundTruthModel(validation.records, validation.dataset.attribute_index)
     report = run_evaluation(model, validation, cfg, DistributedInfo(0, 1, 0, torch.device("cpu"), None), str(tmp_path))
     rows = report["attributes"]["per_attribute"]
-    assert [r["name"] for r in rows] == ["plain", "striped", "checked", "dotted", "mottled"]
+    assert [r["name"] for r in rows] == ["plain", "striped", "checked", "dotted", "mottled", "dark", "light"]
     assert report["attributes"]["mAP"] == pytest.approx(1.0, abs=1e-12)
 
 
@@ -153,6 +153,6 @@ def test_validation_table_other_than_the_models_is_refused(tmp_path):
     val = paths["val"]
     cfg = load_config("configs/synthetic_attributes.yaml", overrides=[
         f"data.val_annotations={val['annotations']}", f"data.val_images={val['images']}"])
-    cfg.model.attribute_names = ["striped", "plain", "checked", "dotted", "mottled"]  # another column order
+    cfg.model.attribute_names = ["striped", "plain", "checked", "dotted", "mottled", "dark", "light"]  # other order
     with pytest.raises(ValueError, match="use the same attribute table for both"):
         load_validation_set(cfg, load_split(cfg, "val").class_names, verbose=False)

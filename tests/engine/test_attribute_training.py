@@ -37,7 +37,7 @@ def test_attribute_loss_falls_far_below_the_best_constant_on_a_repeated_batch(tm
     paths = generate_synthetic_dataset(str(tmp_path), num_train=4, num_val=0, seed=5, image_size=96)
     _, dataset = attribute_dataset(paths, "train")
     images, targets = collate([dataset[i] for i in range(4)])
-    labels = torch.cat([t["attributes"] for t in targets])  # (G, 5) one pattern per object
+    labels = torch.cat([t["attributes"] for t in targets])  # (G, 7): a pattern, maybe a tone
     # the best constant score per attribute is its prevalence p; its mean BCE is the entropy H(p)
     p = labels.mean(dim=0).clamp(1e-6, 1 - 1e-6)
     constant_loss = float((-(p * p.log() + (1 - p) * (1 - p).log())).mean())
