@@ -9,8 +9,9 @@ Two of the fashion datasets annotate attributes beside the category of each obje
   6 with attributes 28 and 77 (``imaterialist.parse_class_id``); ``label_descriptions.json`` has the
   ``attributes`` list (92 entries, ``{"id", "name", "supercategory", "level"}``).
 
-ModaNet and DeepFashion2 have none. The synthetic set writes one attribute per object, its fabric pattern
-(plain, striped, checked, dotted, mottled), drawn independently of the garment class.
+ModaNet and DeepFashion2 have none. The synthetic set writes one or two attributes per object, drawn
+independently of the garment class: its fabric pattern (plain, striped, checked, dotted, mottled) and, when
+the fabric is clearly dark or light, its colour tone (dark, light).
 
 The adapters keep each annotation's *source* attribute ids (``annotation["attribute_ids"]``). An
 :class:`AttributeTable` decides which of them the model predicts and in which order: attribute ``a``

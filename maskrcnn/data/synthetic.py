@@ -44,7 +44,7 @@ from pycocotools import mask as coco_mask
 from .records import mask_to_box, segmentation_to_mask
 
 CLASS_NAMES = ["bag", "footwear", "outer", "dress", "pants", "top", "skirt", "headwear"]  # labels 1..8
-# The fabric pattern of each object, drawn independently of its class: its one attribute (attribute_ids,
+# The fabric pattern of each object, drawn independently of its class: its first attribute (attribute_ids,
 # source ids 1..5, supercategory "textile pattern"; the file's top-level "attributes" list names them).
 PATTERN_NAMES = ["plain", "striped", "checked", "dotted", "mottled"]
 # The colour tone of a fabric whose visible pixels are clearly dark or light on average (Rec. 601 luminance in

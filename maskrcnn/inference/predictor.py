@@ -321,9 +321,9 @@ class Predictor:
         results = [self._instances(d, p, item, size)
                    for d, p, item, size in zip(detections, probabilities, decoded, batch.image_sizes)]
         if getattr(heads, "num_attributes", 0) > 0:
-            boxes = [d["boxes"] for d in detections]
-            logits = heads.attribute_head(heads.box_features(pooled_levels, boxes, batch.image_sizes))  # (K, A)
-            scores = torch.sigmoid(logits.float()).cpu().split([b.shape[0] for b in boxes])  # one transfer
+            scores = heads.attribute_probabilities(pooled_levels, [d["boxes"] for d in detections], batch.image_sizes)
+            counts = [s.shape[0] for s in scores]
+            scores = torch.cat(scores).cpu().split(counts)  # (K, A): one device-to-host copy
             for instances, image_scores in zip(results, scores):
                 self._attach_attributes(instances, image_scores)
         return results

@@ -129,12 +129,17 @@ class ROIHeads(nn.Module):
             for detection, masks in zip(detections, mask_probabilities(logits, [d["labels"] for d in detections])):
                 detection["masks"] = masks  # (K_i, 1, 28, 28)
         if self.num_attributes > 0:
-            boxes = [d["boxes"] for d in detections]
-            logits = self.attribute_head(self.box_features(features, boxes, image_sizes))  # (K, A)
-            scores = torch.sigmoid(logits.float()).split([b.shape[0] for b in boxes])
+            scores = self.attribute_probabilities(features, [d["boxes"] for d in detections], image_sizes)
             for detection, image_scores in zip(detections, scores):
                 detection["attribute_scores"] = image_scores  # (K_i, A) float32
         return detections
+
+    def attribute_probabilities(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]
+                                ) -> List[Tensor]:
+        """Per image ``(K_i, A)`` float32 attribute probabilities (sigmoids) of the boxes ``boxes`` (the
+        detections): they are pooled once more, through the box head and the attribute head."""
+        logits = self.attribute_head(self.box_features(features, boxes, image_sizes))  # (K, A)
+        return list(torch.sigmoid(logits.float()).split([b.shape[0] for b in boxes]))
 
     # ---------------------------------------------------------------------------------------- training
     def sample_rois(self, proposals: List[Tensor], targets: List[Dict[str, Tensor]]):
