@@ -219,6 +219,11 @@ def test_bf16_detections_match_float32(trained_model):
 
 @pytest.mark.slow
 def test_bf16_training_step_losses_are_close_to_float32(trained_model):
+    """Each loss of a bf16 training step within 2 % of float32's (bf16 keeps 8 bits: a relative step of
+    0.39 %; the losses are means, measured at most 0.56 % off). The RPN losses compare the same anchors.
+    The ROI heads' losses are compared on the same proposals: in a whole bf16 step the proposals differ,
+    because the RPN ranks them by bf16 objectness, and other ROIs give other losses (measured: box
+    regression 4.8 % at 2 threads and 5.1 % at 1 thread off float32, a change of ROIs, not of precision)."""
     model = trained_model.train()
     items = rectangles(torch.Generator().manual_seed(7), 4)
     images, targets = [image for image, _ in items], [target for _, target in items]
@@ -228,13 +233,29 @@ def test_bf16_training_step_losses_are_close_to_float32(trained_model):
         torch.manual_seed(0)  # the same samples (the sampler draws the same numbers)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             losses = model(images, targets)
+        # the ROI heads on the float32 proposals, fed float32 and bf16 features
+        batch, scaled = model.transform(images, targets)
+        with torch.no_grad():
+            proposals, _ = model.rpn(batch, model.backbone(batch.tensors), scaled)
+        head_losses = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                features = model.backbone(batch.tensors)
+                torch.manual_seed(0)  # the same ROI samples
+                head_losses[dtype] = model.roi_heads(features[:4], proposals, batch.image_sizes, scaled)[1]
     finally:
         model.eval()
     assert set(losses) == set(reference)
+    compared = {name: (losses[name], reference[name]) for name in ("loss_objectness", "loss_rpn_box_reg")}
+    compared.update({name: (head_losses[torch.bfloat16][name], value)
+                     for name, value in head_losses[torch.float32].items()})
+    assert set(compared) == set(reference)
     for name, value in losses.items():
         assert value.dtype == torch.float32 and torch.isfinite(value), name
-        half, full = float(value.detach()), float(reference[name].detach())
+    for name, (value, full_value) in compared.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+        half, full = float(value.detach()), float(full_value.detach())
         relative = abs(half - full) / abs(full)
         print(f"{name}: float32 {full:.5f} bf16 {half:.5f} ({100 * relative:.2f} %)")
-        assert relative <= 0.05, name
+        assert relative <= 0.02, name
     sum(losses.values()).backward()  # the half-precision graph differentiates
