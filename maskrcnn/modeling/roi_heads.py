@@ -56,8 +56,8 @@ class ROIHeads(nn.Module):
         box_coder_weights: ``(wx, wy, ww, wh)`` of the box targets (10, 10, 5, 5).
         score_thresh, nms_thresh, detections_per_img: inference post-processing.
         mask_on: build and run the mask branch (False gives a Faster R-CNN).
-        num_attributes: ``A`` > 0 builds the attribute branch (attribute_head.py) on the box head's
-            features; attribute_hidden_dim, attribute_loss_weight, attribute_pos_weight: its width, the weight
+        num_attributes: ``A`` > 0 builds the attribute branch (attribute_head.py) on the pooled ROI
+            features the box head reads; attribute_hidden_dim, attribute_loss_weight, attribute_pos_weight: its width, the weight
             of ``loss_attributes`` and of the positive BCE term. 0 leaves the model exactly as without it.
     """
 
@@ -82,7 +82,8 @@ class ROIHeads(nn.Module):
             self.mask_head = MaskHead(in_channels, num_classes, tuple(mask_conv_dims))
         self.num_attributes = num_attributes
         if num_attributes > 0:
-            self.attribute_head = AttributeHead(box_hidden_dim, attribute_hidden_dim, num_attributes)
+            self.attribute_head = AttributeHead(in_channels * box_pooled_size ** 2, attribute_hidden_dim,
+                                                num_attributes)
             self.attribute_loss_weight = attribute_loss_weight
             self.attribute_pos_weight = attribute_pos_weight
         self.box_coder = BoxCoder(box_coder_weights)
@@ -104,8 +105,7 @@ class ROIHeads(nn.Module):
         return self.detect(features, proposals, image_sizes), {}
 
     def box_features(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]) -> Tensor:
-        """The box head's ``(R, 1024)`` features of the ROIs ``boxes`` (read by the box predictor and the
-        attribute head)."""
+        """The box head's ``(R, 1024)`` features of the ROIs ``boxes`` (read by the box predictor)."""
         return self.box_head(self.box_pooler(features, boxes, image_sizes))  # (R, D, 7, 7) -> (R, F)
 
     def box_outputs(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]
@@ -137,8 +137,8 @@ class ROIHeads(nn.Module):
     def attribute_probabilities(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]
                                 ) -> List[Tensor]:
         """Per image ``(K_i, A)`` float32 attribute probabilities (sigmoids) of the boxes ``boxes`` (the
-        detections): they are pooled once more, through the box head and the attribute head."""
-        logits = self.attribute_head(self.box_features(features, boxes, image_sizes))  # (K, A)
+        detections): they are pooled once more (the box pooler) and read by the attribute head."""
+        logits = self.attribute_head(self.box_pooler(features, boxes, image_sizes))  # (K, D, 7, 7) -> (K, A)
         return list(torch.sigmoid(logits.float()).split([b.shape[0] for b in boxes]))
 
     # ---------------------------------------------------------------------------------------- training
@@ -181,11 +181,11 @@ class ROIHeads(nn.Module):
     def training_losses(self, features: List[Tensor], proposals: List[Tensor], image_sizes: List[Size],
                         targets: List[Dict[str, Tensor]]) -> Dict[str, Tensor]:
         rois, labels, matched_gt, regression_targets = self.sample_rois(proposals, targets)
-        box_features = self.box_features(features, rois, image_sizes)  # (S, F), S sampled ROIs
-        class_logits, box_deltas = self.box_predictor(box_features)
+        pooled = self.box_pooler(features, rois, image_sizes)  # (S, D, 7, 7), S sampled ROIs
+        class_logits, box_deltas = self.box_predictor(self.box_head(pooled))  # via (S, F) box features
         losses = box_losses(class_logits, box_deltas, torch.cat(labels), torch.cat(regression_targets))
         if self.num_attributes > 0:
-            losses["loss_attributes"] = self.attribute_weighted_loss(box_features, labels, matched_gt, targets)
+            losses["loss_attributes"] = self.attribute_weighted_loss(pooled, labels, matched_gt, targets)
         if self.mask_on:
             positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
             positive_rois = [image_rois[p] for image_rois, p in zip(rois, positive)]
@@ -199,22 +199,22 @@ class ROIHeads(nn.Module):
                                             aligned=self.mask_pooler.aligned)
         return losses
 
-    def attribute_weighted_loss(self, box_features: Tensor, labels: List[Tensor], matched_gt: List[Tensor],
+    def attribute_weighted_loss(self, pooled: Tensor, labels: List[Tensor], matched_gt: List[Tensor],
                                 targets: List[Dict[str, Tensor]]) -> Tensor:
         """``attribute_loss_weight *`` BCE of the positive sampled ROIs against their GT object's attributes.
 
-        ``box_features (S, F)`` are the sampled ROIs of all images in order; ``labels``/``matched_gt`` per
-        image ``(S_i,)``. Targets without ``attributes`` (a dataset without them) count as unknown."""
+        ``pooled (S, D, 7, 7)`` are the sampled ROIs' pooled features, all images in order;
+        ``labels``/``matched_gt`` per image ``(S_i,)``. Targets without ``attributes`` (a dataset without them) count as unknown."""
         target_rows, known_rows = [], []
         for image_labels, image_matched, target in zip(labels, matched_gt, targets):
             count = image_labels.shape[0]
             if "attributes" in target and target["attributes"].shape[0] > 0:
-                target_rows.append(target["attributes"][image_matched].to(box_features.dtype))  # (S_i, A)
+                target_rows.append(target["attributes"][image_matched].to(pooled.dtype))  # (S_i, A)
                 known_rows.append(target["attributes_known"][image_matched] & (image_labels > 0))
             else:
-                target_rows.append(box_features.new_zeros((count, self.num_attributes)))
-                known_rows.append(torch.zeros(count, dtype=torch.bool, device=box_features.device))
+                target_rows.append(pooled.new_zeros((count, self.num_attributes)))
+                known_rows.append(torch.zeros(count, dtype=torch.bool, device=pooled.device))
         known = torch.cat(known_rows)  # (S,) positive ROIs of annotated objects
-        logits = self.attribute_head(box_features)  # (S, A)
+        logits = self.attribute_head(pooled)  # (S, A)
         loss = attribute_loss(logits, torch.cat(target_rows), known, self.attribute_pos_weight)
         return self.attribute_loss_weight * loss

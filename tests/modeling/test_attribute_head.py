@@ -103,8 +103,10 @@ def test_training_adds_the_weighted_loss_of_known_positive_rois_only():
     losses["loss_attributes"].backward()
     head = model.roi_heads.attribute_head
     assert head.logits.weight.grad.abs().sum() > 0
-    # the loss reaches the box head too (shared features), never the RPN
-    assert model.roi_heads.box_head.fc2.weight.grad is not None
+    # the loss reaches the pyramid it pools from (shared features), never the box head, mask head or RPN
+    assert model.backbone.fpn.output_convs[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.roi_heads.box_head.parameters())
+    assert all(p.grad is None for p in model.roi_heads.mask_head.parameters())
     assert all(p.grad is None for p in model.rpn.parameters())
     model.zero_grad(set_to_none=True)
     # the same sample without attribute annotations: an attached zero
