@@ -40,10 +40,10 @@ DEFAULTS = {
         "num_classes": K(13, "Object categories, background excluded (ModaNet has 13; torchvision's 14 = 13 + 1)."),
         "weights": K("", "Weights to start from: ours, torchvision maskrcnn_resnet50_fpn or ImageNet resnet (converted); '' = none.", type=str),
         "mask_on": K(True, "Build the mask branch; False gives a Faster R-CNN (boxes only)."),
-        "num_attributes": K(0, "Fine-grained attributes predicted per detection (multi-label head on the box head's ROI features, docs/extending.md); 0 = no attribute head, the model and checkpoints exactly as without it."),
+        "num_attributes": K(0, "Fine-grained attributes predicted per detection (multi-label head on the pooled 7x7 ROI features the box head reads, docs/extending.md); 0 = no attribute head, the model and checkpoints exactly as without it."),
         "attribute_names": K([], "Names of the attributes, in output order; filled from the data's attribute table at training so that checkpoints carry them (as they carry the class names).", type=str),
         "attribute_source_ids": K([], "The dataset's id of each attribute in attribute_names (e.g. Fashionpedia's 0..293), filled with them at training; the COCO results files write these in attribute_ids, as Fashionpedia's evaluation reads them. Empty: the 0-based positions.", type=int),
-        "attribute_hidden_dim": K(256, "Width of the attribute head's hidden layer (its own small MLP over the 1024-d box features)."),
+        "attribute_hidden_dim": K(256, "Width of the attribute head's hidden layer (its own small MLP over the flattened 7x7 pooled ROI features)."),
         "attribute_loss_weight": K(1.0, "Weight of loss_attributes in the total loss."),
         "attribute_pos_weight": K(1.0, "Weight of the positive term of each attribute's binary cross-entropy; > 1 counters rare attributes (most attributes are absent from most objects)."),
         "backbone": {
