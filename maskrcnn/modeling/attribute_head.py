@@ -22,7 +22,7 @@ Training (:func:`attribute_loss`): on the positive ROIs whose matched GT object 
 (``attributes_known``), binary cross-entropy of each attribute logit against the GT object's 0/1 label,
 averaged over those ROIs and the ``A`` attributes; ``pos_weight`` > 1 up-weights the positive term,
 which counters rare attributes. ROIs of objects without annotations (ModaNet, DeepFashion2, most parts
-and accessories in Fashionpedia) contribute nothing; with none in the batch the loss is ``0 * logits.sum()``
+and accessories in Fashionpedia) are masked out; with none in the batch the loss is an attached 0
 so that DDP ranks still agree on the graph.
 
 Inference: the detected boxes are pooled once more and each detection gets ``attribute_scores (K, A)``,
@@ -62,13 +62,16 @@ def attribute_loss(logits: Tensor, targets: Tensor, known: Tensor, pos_weight: f
         known: ``(P,)`` bool, whether that GT object carries attribute annotations.
         pos_weight: weight of the positive term ``-y log(sigmoid(x))`` (1 = plain BCE).
     Returns:
-        a scalar; ``0 * logits.sum()`` when no ROI is known.
+        a float32 scalar; ``0`` (attached to the graph) when no ROI is known. The unknown rows are
+        masked out rather than selected, so the loss reads nothing back to the host (no ``nonzero``, no
+        branch on a count): a GPU step does not stall on it.
     """
     if logits.shape != targets.shape or known.shape != logits.shape[:1]:
         raise ValueError(f"attribute_loss: logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and "
                          f"known {tuple(known.shape)} must be (P, A), (P, A) and (P,)")
-    rows = torch.where(known)[0]
-    if rows.numel() == 0:
-        return logits.sum() * 0
     weight = torch.full((logits.shape[1],), float(pos_weight), dtype=torch.float32, device=logits.device)
-    return F.binary_cross_entropy_with_logits(logits[rows].float(), targets[rows].float(), pos_weight=weight)
+    per_term = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight,
+                                                  reduction="none")  # (P, A)
+    mask = known.to(per_term.dtype)[:, None]  # (P, 1): 1 for known rows
+    count = (mask.sum() * logits.shape[1]).clamp(min=1.0)  # known rows x A terms
+    return (per_term * mask).sum() / count
