@@ -120,3 +120,42 @@ def test_detections_of_a_draft_decode_match_the_full_decode_in_original_pixels(c
         iou = (mask_full & mask_reduced).sum() / max((mask_full | mask_reduced).sum(), 1)
         assert iou > 0.95
     assert float(box_iou(torch.tensor([full[0].box]), boxes_reduced[:1])) > 0.99
+
+
+def test_overlapping_decodes_restore_pillows_pixel_limit_once_the_last_one_ends():
+    """The server decodes in several threads: Pillow's global limit is off while any decode runs and back
+    to its value when the last one ends, however their ends interleave (saving and restoring per decode
+    left it off for good when A entered, B entered, A left, B left)."""
+    import threading
+
+    from maskrcnn.inference.images import _pillow_guard_off
+
+    limit = Image.MAX_IMAGE_PIXELS
+    assert limit is not None
+    entered, release_a, a_left, release_b = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def decode_a():
+        with _pillow_guard_off():
+            entered.set()
+            release_a.wait(10)
+        a_left.set()
+
+    def decode_b():
+        entered.wait(10)
+        with _pillow_guard_off():
+            seen["inside_b"] = Image.MAX_IMAGE_PIXELS
+            release_a.set()
+            a_left.wait(10)
+            seen["after_a_left"] = Image.MAX_IMAGE_PIXELS  # B still decoding: still off
+            release_b.wait(10)
+
+    threads = [threading.Thread(target=decode_a), threading.Thread(target=decode_b)]
+    for thread in threads:
+        thread.start()
+    a_left.wait(10)
+    release_b.set()
+    for thread in threads:
+        thread.join(10)
+    assert seen == {"inside_b": None, "after_a_left": None}
+    assert Image.MAX_IMAGE_PIXELS == limit

@@ -39,6 +39,7 @@ import contextlib
 import glob
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence
 
@@ -133,15 +134,31 @@ def unique_stems(paths: Sequence[str]) -> List[str]:
     return stems
 
 
+_GUARD_LOCK = threading.Lock()
+_GUARD_STATE = {"users": 0, "saved": None}  # decodes inside _pillow_guard_off now; the limit they replaced
+
+
 @contextlib.contextmanager
 def _pillow_guard_off():
-    """Disable Pillow's own pixel-count guard while we apply ours (``Image.MAX_IMAGE_PIXELS = None``)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    """Disable Pillow's own pixel-count guard while we apply ours (``Image.MAX_IMAGE_PIXELS = None``).
+
+    The limit is one global of Pillow's, and the server decodes in several threads at once: the first
+    decode to enter saves it and the last to leave restores it (a count under a lock). Saving and
+    restoring per decode would interleave (A saves the limit, B saves A's None, A restores, B restores
+    None) and leave the guard off for the rest of the process, or switch it back on under a decode that
+    our own, higher limit allowed."""
+    with _GUARD_LOCK:
+        if _GUARD_STATE["users"] == 0:
+            _GUARD_STATE["saved"] = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _GUARD_STATE["users"] += 1
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        with _GUARD_LOCK:
+            _GUARD_STATE["users"] -= 1
+            if _GUARD_STATE["users"] == 0:
+                Image.MAX_IMAGE_PIXELS = _GUARD_STATE["saved"]
 
 
 def reduction_factor(height: int, width: int, max_side: int) -> int:
