@@ -47,10 +47,10 @@ class PythonHostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def small_model(num_classes: int, detections: int):
-    cfg = load_config("configs/synthetic_demo.yaml", [
+def small_model(num_classes: int, detections: int, config: str = "configs/synthetic_demo.yaml", extra=()):
+    cfg = load_config(config, [
         f"model.num_classes={num_classes}", f"model.roi_heads.detections_per_img={detections}",
-        "model.roi_heads.score_thresh=0.0"])
+        "model.roi_heads.score_thresh=0.0", *extra])
     torch.manual_seed(0)
     return build_model(cfg, load_weights=False).eval()
 
@@ -115,14 +115,6 @@ def test_crops_for_the_predictor_are_read_back_once():
     assert counts[0] == counts[1] == {"__int__": 1}
 
 
-def attribute_model(num_attributes: int, detections: int):
-    cfg = load_config("configs/synthetic_attributes.yaml", [
-        f"model.num_attributes={num_attributes}", f"model.roi_heads.detections_per_img={detections}",
-        "model.roi_heads.score_thresh=0.0"])
-    torch.manual_seed(0)
-    return build_model(cfg, load_weights=False).eval()
-
-
 @pytest.mark.slow
 def test_the_attribute_head_adds_a_fixed_number_of_syncs_and_no_loops():
     """With the attribute head (7 or Fashionpedia's 294 attributes, 20 or 100 detections) one eval forward
@@ -131,7 +123,9 @@ def test_the_attribute_head_adds_a_fixed_number_of_syncs_and_no_loops():
     torch.manual_seed(1)
     images = [torch.rand(3, 120, 160), torch.rand(3, 128, 100)]
     plain = profile_forward(small_model(8, 20), images)
-    measured = {case: profile_forward(attribute_model(*case), images) for case in [(7, 20), (294, 100)]}
+    measured = {(attributes, detections): profile_forward(small_model(8, detections, "configs/synthetic_attributes.yaml",
+                                                                      [f"model.num_attributes={attributes}"]), images)
+                for attributes, detections in [(7, 20), (294, 100)]}
     for case, (syncs, _, calls, found) in measured.items():
         assert found == [case[1], case[1]] and calls == {}, case
     counts = {case: sum(syncs.values()) for case, (syncs, _, _, _) in measured.items()}
