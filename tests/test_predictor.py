@@ -12,7 +12,8 @@ from inference_support import CLASS_NAMES, make_checkpoint, mode_images, tiny_co
 from maskrcnn.data import read_image
 from maskrcnn.inference.images import (ImageTooLargeError, decode_image, expand_inputs, reduce_image,
                                        reduction_factor, unique_stems)
-from maskrcnn.inference.predictor import Predictor, decode_mask, encode_mask
+from maskrcnn.inference import predictor as predictor_module
+from maskrcnn.inference.predictor import Predictor, decode_mask, encode_mask, paste_groups
 from maskrcnn.modeling.paste_masks import paste_masks_in_image
 from maskrcnn.modeling.transform import resize_boxes
 
@@ -61,6 +62,24 @@ def test_instances_are_the_models_detections(checkpoint, images):
         assert instance.area == int(binary.sum())
         areas.append(instance.area)
     assert max(areas) > 0  # the comparison is not between empty masks
+
+
+def test_pasting_in_groups_gives_the_same_masks(checkpoint, images, monkeypatch):
+    """A budget that splits the detections into groups (as large boxes on a large photo do) changes nothing."""
+    predictor = Predictor(checkpoint, device="cpu", score_thresh=0.05, max_detections=10)
+    image = read_image(images["rgb"])
+    whole = predictor.predict(image)
+    monkeypatch.setattr(predictor_module, "PASTE_BUDGET_PIXELS", 600)  # about one 20x20 box per group
+    grouped = predictor.predict(image)
+    assert len(paste_groups([i.box for i in whole], 600)) > 3
+    assert [(i.box, i.label, i.score, i.rle) for i in grouped] == [(i.box, i.label, i.score, i.rle) for i in whole]
+
+
+def test_paste_groups_keep_order_and_budget():
+    boxes = [[0, 0, 6, 6], [0, 0, 6, 6], [0, 0, 96, 96], [0, 0, 1, 1], [0, 0, 1, 1]]  # 100, 100, 10000, 25, 25 px
+    assert paste_groups(boxes, 250) == [[0, 1], [2], [3, 4]]
+    assert paste_groups(boxes, 10**6) == [[0, 1, 2, 3, 4]]
+    assert paste_groups([], 10) == []
 
 
 def test_path_input_decodes_like_the_training_loader(checkpoint, images):

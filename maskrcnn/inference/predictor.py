@@ -45,6 +45,7 @@ from pycocotools import mask as mask_utils
 
 from maskrcnn.checkpoint import read_checkpoint_file
 from maskrcnn.config import Config, config_from_dict, load_config, parse_override
+from maskrcnn.inference.crop_rle import crop_rle
 from maskrcnn.inference.images import DECODE_ERRORS, DecodedImage, decode_image, unique_stems
 from maskrcnn.modeling import build_model
 from maskrcnn.modeling.box_head import postprocess_detections
@@ -62,6 +63,25 @@ def encode_mask(mask: np.ndarray) -> dict:
     fortran = np.asfortranarray(mask.astype(np.uint8)[:, :, None])  # (H, W) -> (H, W, 1), column-major
     rle = mask_utils.encode(fortran)[0]
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+# Most box pixels pasted at once (about 150 bytes of temporaries each): 8.4 M, about 1.2 GB. An ordinary
+# photo's detections fit in one group, so their masks are read back in one transfer.
+PASTE_BUDGET_PIXELS = 1 << 23
+
+
+def paste_groups(boxes: Sequence[Sequence[float]], budget: int) -> List[List[int]]:
+    """Consecutive groups of detection indices whose boxes (``[x1, y1, x2, y2]``, grown by the paste's
+    2-pixel margin) hold at most ``budget`` pixels together; a box larger than that is a group of its own."""
+    groups, current, total = [], [], 0
+    for index, (x1, y1, x2, y2) in enumerate(boxes):
+        area = (x2 - x1 + 4) * (y2 - y1 + 4)
+        if current and total + area > budget:
+            groups.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += area
+    return groups + [current] if current else groups
 
 
 def decode_mask(rle: Mapping) -> np.ndarray:
@@ -348,7 +368,10 @@ class Predictor:
     def _instances(self, detection: Dict[str, torch.Tensor], probabilities: Optional[torch.Tensor],
                    item: DecodedImage, resized_size: Tuple[int, int]) -> List[Instance]:
         """Boxes to original pixels; masks pasted inside their boxes on the model's device, cut, copied to the
-        host in one transfer for all detections, and encoded one at a time."""
+        host in one transfer per group of detections, and run-length encoded from those crops (``crop_rle``:
+        no full-size mask is built). A group holds at most ``PASTE_BUDGET_PIXELS`` box pixels (all the
+        detections of an ordinary photo; several groups for large boxes on a large photo), which bounds
+        the memory pasting takes."""
         model_input_size = (int(item.image.shape[1]), int(item.image.shape[2]))
         boxes = resize_boxes(detection["boxes"], resized_size, model_input_size)  # as transform.postprocess
         original_size = (item.height, item.width)
@@ -356,26 +379,23 @@ class Predictor:
             boxes = boxes * item.reduction
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, item.width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, item.height)
-        crops = None
-        if probabilities is not None and boxes.shape[0] > 0:
-            # Only the pixels inside each pasted box are computed and copied: (sum of box areas,) booleans.
-            pasted = paste_masks_in_crops(probabilities, boxes, original_size)
-            crops = ((pasted.values > self.mask_threshold).cpu().numpy(), pasted.rects.tolist())
+        box_list = boxes.tolist()
         labels, scores = detection["labels"].tolist(), detection["scores"].tolist()
-        instances, start = [], 0
-        for index, box in enumerate(boxes.tolist()):
-            mask = np.zeros(original_size, dtype=bool)
-            if crops is not None:
-                values, rects = crops
-                x1, y1, x2, y2 = rects[index]
-                end = start + (x2 - x1) * (y2 - y1)
-                mask[y1:y2, x1:x2] = values[start:end].reshape(y2 - y1, x2 - x1)  # row-major crop
-                start = end
-            label = int(labels[index])
-            instances.append(Instance(box=tuple(float(v) for v in box), label=label,
-                                      tag=self.class_names[label - 1], score=float(scores[index]),
-                                      rle=encode_mask(mask)))
-        return instances
+        rles = [crop_rle(np.zeros((0, 0), dtype=bool), (0, 0, 0, 0), original_size) for _ in box_list]  # no masks
+        if probabilities is not None:
+            for group in paste_groups(box_list, PASTE_BUDGET_PIXELS):
+                index = torch.tensor(group, device=boxes.device)
+                pasted = paste_masks_in_crops(probabilities[index], boxes[index], original_size)
+                values, rects = (pasted.values > self.mask_threshold).cpu().numpy(), pasted.rects.tolist()
+                start = 0
+                for k, (x1, y1, x2, y2) in zip(group, rects):
+                    end = start + (x2 - x1) * (y2 - y1)
+                    crop = values[start:end].reshape(y2 - y1, x2 - x1)  # (h * w,) -> (h, w), row-major crop
+                    rles[k] = crop_rle(crop, (x1, y1, x2, y2), original_size)
+                    start = end
+        return [Instance(box=tuple(float(v) for v in box), label=int(label), tag=self.class_names[int(label) - 1],
+                         score=float(score), rle=rle)
+                for box, label, score, rle in zip(box_list, labels, scores, rles)]
 
     # ------------------------------------------------------------------------------------------- files
     def predict_files(self, paths: Sequence[str], num_workers: Optional[int] = None) -> Iterator[FileResult]:
