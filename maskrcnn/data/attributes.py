@@ -19,8 +19,10 @@ The adapters keep each annotation's *source* attribute ids (``annotation["attrib
 comes from configuration (``data.attributes``): ``"file"`` reads the dataset's own list (the COCO file's
 ``attributes``, or iMaterialist's ``label_descriptions.json``), anything else is a table file (YAML or
 JSON with the same ``attributes`` list, e.g. ``data/categories/synthetic_attributes.yaml``).
-``data.attribute_supercategories`` keeps only the attributes of the named supercategories, as the class
-tables drop categories.
+``data.attribute_supercategories`` keeps only the attributes of the named supercategories and
+``data.drop_attributes`` leaves out single attributes (names or source ids), as ``data.drop_categories``
+does for classes; the order is the table's (a table file sets its own). There is no merge: a column of the
+model is one source id, which the COCO results file writes back as it is (``attribute_ids``).
 
 Targets (:func:`attribute_targets`), per image with ``N`` kept objects: ``attributes (N, A)`` float32
 multi-hot and ``attributes_known (N,)`` bool. An object whose ``attribute_ids`` is empty or absent is
@@ -103,12 +105,30 @@ def select_supercategories(table: AttributeTable, keep: Sequence[str]) -> Attrib
                           [table.supercategories[i] for i in rows], table.path)
 
 
+def drop_attributes(table: AttributeTable, drop: Sequence) -> AttributeTable:
+    """The table without the attributes named in ``drop`` (names or source ids), order kept; ValueError
+    naming ``data.drop_attributes`` for an entry the table does not have."""
+    if not drop:
+        return table
+    by_name, by_id = set(table.names), set(table.source_ids)
+    unknown = [d for d in drop if not (d in by_id if isinstance(d, int) and not isinstance(d, bool) else d in by_name)]
+    if unknown:
+        raise ValueError(f"data.drop_attributes: {unknown} not in {table.path or 'the table'} "
+                         f"(names such as {table.names[:5]}, or source ids)")
+    rows = [i for i, (source, name) in enumerate(zip(table.source_ids, table.names))
+            if source not in drop and name not in drop]
+    return AttributeTable([table.source_ids[i] for i in rows], [table.names[i] for i in rows],
+                          [table.supercategories[i] for i in rows], table.path)
+
+
 def attribute_table_for(setting: str, annotations: str, data_format: str, label_descriptions: str = "",
-                        supercategories: Sequence[str] = ()) -> Optional[AttributeTable]:
-    """The table that ``data.attributes`` names (None when it is empty: attributes off).
+                        supercategories: Sequence[str] = (), drop: Sequence = ()) -> Optional[AttributeTable]:
+    """The table that ``data.attributes`` names (None when it is empty: attributes off), narrowed to
+    ``supercategories`` and without ``drop``.
 
     ``"file"`` means the dataset's own list: the COCO annotation file itself, or for iMaterialist the
-    ``label_descriptions.json`` (given, or beside ``train.csv``)."""
+    ``label_descriptions.json`` (given, or beside ``train.csv``). Anything else is a table file or a
+    built-in table's name (``data/categories/<name>.yaml``, e.g. ``synthetic_attributes``)."""
     if not setting:
         return None
     if setting == "file":
@@ -122,7 +142,7 @@ def attribute_table_for(setting: str, annotations: str, data_format: str, label_
         table = read_attribute_table(source)
     else:
         table = read_attribute_table(setting)
-    return select_supercategories(table, list(supercategories))
+    return drop_attributes(select_supercategories(table, list(supercategories)), list(drop))
 
 
 def attribute_targets(attribute_lists: Iterable[Optional[Sequence[int]]], table_index: dict, num_attributes: int

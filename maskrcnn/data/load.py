@@ -92,7 +92,8 @@ def load_split(cfg, split: str = "train", problems: Problems = None) -> RecordSe
     data_format, annotations = options.pop("format"), options.pop("annotations")
     records = load_dataset(data_format, annotations, options.pop("images_dir"), **options)
     table = attribute_table_for(cfg["data"]["attributes"], annotations, data_format,
-                                cfg["data"]["label_descriptions"], cfg["data"]["attribute_supercategories"])
+                                cfg["data"]["label_descriptions"], cfg["data"]["attribute_supercategories"],
+                                cfg["data"]["drop_attributes"])
     if table is not None:  # the attributes the model predicts (attributes.py); records keep source ids
         records.attribute_names, records.attribute_source_ids = list(table.names), list(table.source_ids)
     return records

@@ -12,7 +12,7 @@ from PIL import Image
 
 from maskrcnn.config import load_config
 from maskrcnn.data import FashionDataset, load_dataset
-from maskrcnn.data.attributes import (attribute_table_for, attribute_targets, parse_attribute_list,
+from maskrcnn.data.attributes import (attribute_table_for, attribute_targets, drop_attributes, parse_attribute_list,
                                       read_attribute_table, select_supercategories, unknown_attribute_ids)
 from maskrcnn.data.load import load_split
 from maskrcnn.data.records import segmentation_to_mask
@@ -79,6 +79,35 @@ def test_supercategory_selection_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"'file' needs a format whose files list attributes"):
         attribute_table_for("file", "annos", "deepfashion2")
     assert attribute_table_for("", FASHIONPEDIA, "coco") is None
+
+
+def test_drop_attributes_by_name_or_id_and_errors():
+    entries = [{"id": 1, "name": "above-the-knee (length)", "supercategory": "length"},
+               {"id": 2, "name": "floral", "supercategory": "textile pattern"},
+               {"id": 4, "name": "midi", "supercategory": "length"}]
+    table = parse_attribute_list(entries, "t.json: attributes")
+    kept = drop_attributes(table, ["floral", 1])
+    assert (kept.source_ids, kept.names, kept.supercategories) == ([4], ["midi"], ["length"])
+    assert drop_attributes(table, []) is table
+    with pytest.raises(ValueError, match=r"data.drop_attributes: \['sleeveless', 9\] not in t.json"):
+        drop_attributes(table, ["sleeveless", 9, "midi"])
+
+
+def test_built_in_synthetic_table_is_the_files_list_and_config_narrows_it(tmp_path):
+    paths = generate_synthetic_dataset(str(tmp_path), num_train=2, num_val=0, seed=1, image_size=64)
+    with open(paths["train"]["annotations"]) as f:
+        written = json.load(f)["attributes"]
+    table = read_attribute_table("synthetic_attributes")  # data/categories/synthetic_attributes.yaml
+    assert [{"id": i, "name": n, "supercategory": s}
+            for i, n, s in zip(table.source_ids, table.names, table.supercategories)] == written
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  train_annotations: {paths['train']['annotations']}\n"
+                      f"  train_images: {paths['train']['images']}\n  attributes: synthetic_attributes\n"
+                      "  attribute_supercategories: [textile pattern]\n  drop_attributes: [mottled, 1]\n")
+    train = load_split(load_config(str(config)), "train")
+    assert train.attribute_names == ["striped", "checked", "dotted"] and train.attribute_source_ids == [2, 3, 4]
+    target = FashionDataset(train)[0][1]
+    assert target["attributes"].shape[1] == 3  # the dropped and other-supercategory ids are not columns
 
 
 def test_unknown_ids_are_counted_for_the_checker():
