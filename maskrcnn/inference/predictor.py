@@ -58,13 +58,6 @@ ImageInput = Union[str, os.PathLike, torch.Tensor, np.ndarray, Any]  # Any: a PI
 
 
 # ---------------------------------------------------------------------------------------------- results
-def encode_mask(mask: np.ndarray) -> dict:
-    """``(H, W)`` bool/uint8 mask -> compressed COCO RLE ``{"size": [H, W], "counts": str}``."""
-    fortran = np.asfortranarray(mask.astype(np.uint8)[:, :, None])  # (H, W) -> (H, W, 1), column-major
-    rle = mask_utils.encode(fortran)[0]
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 # Most box pixels pasted at once (about 150 bytes of temporaries each): 8.4 M, about 1.2 GB. An ordinary
 # photo's detections fit in one group, so their masks are read back in one transfer.
 PASTE_BUDGET_PIXELS = 1 << 23
