@@ -39,6 +39,18 @@ def make_checkpoint(path: str, seed: int = 0, extra: Sequence[str] = ()) -> str:
     return path
 
 
+def model_output(predictor, image, detections_per_img=None):
+    """The model's own eval output for one image (optionally with another detection cap)."""
+    heads = predictor.model.roi_heads
+    saved = heads.detections_per_img
+    heads.detections_per_img = detections_per_img or saved
+    try:
+        with torch.no_grad():
+            return predictor.model([image])[0]
+    finally:
+        heads.detections_per_img = saved
+
+
 def mode_images(folder: str, height: int = 42, width: int = 56, seed: int = 0) -> Dict[str, str]:
     """One small image per decoding case, plus a corrupt file; returns ``{case: path}``.
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference_support import CLASS_NAMES, make_checkpoint, mode_images
+from inference_support import CLASS_NAMES, make_checkpoint, mode_images, model_output
 from maskrcnn.engine.coco_format import attribute_fields, attributes_above, encode_prediction
 from maskrcnn.engine.validation import coco_detections, write_overlays
 from maskrcnn.inference.cli import main
@@ -148,13 +148,7 @@ def test_infer_coco_results_carry_the_models_attributes_as_source_ids(head):
     path = head["images"]["rgb"]
     # The reference: the model's own forward pass (its attribute probabilities per detection, column order).
     predictor = Predictor(head["checkpoint"], device="cpu", score_thresh=0.2, max_detections=4)
-    heads = predictor.model.roi_heads
-    cap, heads.detections_per_img = heads.detections_per_img, 4
-    try:
-        with torch.no_grad():
-            output = predictor.model([predictor.decode(path).image])[0]
-    finally:
-        heads.detections_per_img = cap
+    output = model_output(predictor, predictor.decode(path).image, detections_per_img=4)
     # random weights score every attribute near 0.5: a threshold at the median keeps some and drops some
     threshold = float(output["attribute_scores"].flatten().median())
     status, _, stderr = run(["--weights", head["checkpoint"], path, "--out", out, "--json", "coco",
@@ -188,13 +182,7 @@ def test_infer_per_image_json_and_overlay_name_the_attributes(head):
     predictor = Predictor(head["checkpoint"], device="cpu", score_thresh=0.2, max_detections=4)
     result = next(iter(predictor.predict_files([head["images"]["rgb"]])))
     # the reference: the model's probabilities of the same detections, the names scoring >= 0.5 (the default)
-    heads = predictor.model.roi_heads
-    cap, heads.detections_per_img = heads.detections_per_img, 4
-    try:
-        with torch.no_grad():
-            output = predictor.model([predictor.decode(head["images"]["rgb"]).image])[0]
-    finally:
-        heads.detections_per_img = cap
+    output = model_output(predictor, predictor.decode(head["images"]["rgb"]).image, detections_per_img=4)
     expected = [[ATTRIBUTES[a] for a in sorted(range(3), key=lambda a: -row[a]) if row[a] >= 0.5]
                 for row in output["attribute_scores"].tolist()]
     assert [[a["name"] for a in i["attributes"]] for i in instances] == expected

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from inference_support import CLASS_NAMES, make_checkpoint, mode_images, tiny_config
+from inference_support import CLASS_NAMES, make_checkpoint, mode_images, model_output, tiny_config
 from maskrcnn.data import read_image
 from maskrcnn.inference.images import (ImageTooLargeError, decode_image, expand_inputs, reduce_image,
                                        reduction_factor, unique_stems)
@@ -29,18 +29,6 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     return mode_images(str(tmp_path_factory.mktemp("images")))
-
-
-def model_output(predictor, image, detections_per_img=None):
-    """The model's own eval output for one image (optionally with another detection cap)."""
-    heads = predictor.model.roi_heads
-    saved = heads.detections_per_img
-    heads.detections_per_img = detections_per_img or saved
-    try:
-        with torch.no_grad():
-            return predictor.model([image])[0]
-    finally:
-        heads.detections_per_img = saved
 
 
 def test_instances_are_the_models_detections(checkpoint, images):
