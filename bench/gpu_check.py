@@ -267,16 +267,22 @@ def metrics_summary(metrics_path: Path) -> tuple[float, int, float]:
             max(r.get("peak_memory_bytes", 0) for r in training), loss)
 
 
-def step_train(args) -> None:
+def run_training(command, what: str):
+    """Train into a fresh ``TRAIN_DIR`` with ``command``; return ``metrics_summary`` of its metrics."""
     if TRAIN_DIR.exists():
         shutil.rmtree(TRAIN_DIR)
+    result = run(command)
+    if result.returncode != 0:
+        raise CheckFailed(f"{what} exited with {result.returncode}")
+    return metrics_summary(TRAIN_DIR / "metrics.jsonl")
+
+
+def step_train(args) -> None:
     iterations = 6 if args.small else 300
     started = time.time()
-    result = run([sys.executable, "train.py", "--config", "configs/base.yaml",
-                  *train_overrides(args.device, args.small, iterations)])
-    if result.returncode != 0:
-        raise CheckFailed(f"train.py exited with {result.returncode}")
-    images_per_second, peak, loss = metrics_summary(TRAIN_DIR / "metrics.jsonl")
+    images_per_second, peak, loss = run_training(
+        [sys.executable, "train.py", "--config", "configs/base.yaml",
+         *train_overrides(args.device, args.small, iterations)], "train.py")
     report(f"{iterations} iterations x 4 images, bf16 autocast: {images_per_second:.1f} img/s, "
            f"peak memory {peak / 2**30:.2f} GiB, last loss {loss:.3f}, {time.time() - started:.0f} s in all")
 
@@ -288,14 +294,9 @@ def step_ddp(args) -> None:
     if gpus < 2:
         report(f"skipped: {gpus} GPU visible, and NCCL refuses two ranks on one GPU")
         return
-    if TRAIN_DIR.exists():
-        shutil.rmtree(TRAIN_DIR)
-    result = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                  "train.py", "--config", "configs/base.yaml",
-                  *train_overrides("cuda", False, 60)])
-    if result.returncode != 0:
-        raise CheckFailed(f"torchrun exited with {result.returncode}")
-    images_per_second, peak, loss = metrics_summary(TRAIN_DIR / "metrics.jsonl")
+    images_per_second, peak, loss = run_training(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", "--config", "configs/base.yaml", *train_overrides("cuda", False, 60)], "torchrun")
     report(f"2 processes, 60 iterations x 4 images: {images_per_second:.1f} img/s, rank-0 peak "
            f"{peak / 2**30:.2f} GiB, last loss {loss:.3f}")
 
