@@ -52,7 +52,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-HEIGHT, WIDTH, NUM_OBJECTS, NUM_CLASSES = 800, 1216, 6, 13
+HEIGHT, WIDTH, NUM_CLASSES = 800, 1216, 13  # the sizes of bench/model.py (its synthetic_targets draws labels 1..13)
 CASES = ("inference", "train", "roi_align_7", "roi_align_14", "nms_5k", "nms_20k")
 MODEL_IMPLS = ("ours", "torchvision_frozen_bn", "torchvision_plain")
 OP_IMPLS = ("ours", "torchvision")
@@ -98,18 +98,13 @@ def our_model(torchvision_state_dict):
 
 
 def model_inputs():
-    """One 800x1216 image in [0, 1] and its targets: 6 boxes of 100-500 pixels, labels, filled-box masks."""
+    """One 800x1216 image in [0, 1] and its targets: 6 boxes of 100-500 pixels, labels, filled-box masks
+    (``bench/model.py``'s ``synthetic_targets``, drawn after the image from the same generator)."""
+    from model import synthetic_targets  # bench/model.py, beside this script (same sizes: 800x1216, 6, 13)
+
     generator = torch.Generator().manual_seed(2)
     image = torch.rand(3, HEIGHT, WIDTH, generator=generator)
-    sizes = torch.randint(100, 500, (NUM_OBJECTS, 2), generator=generator)
-    x1 = (torch.rand(NUM_OBJECTS, generator=generator) * (WIDTH - sizes[:, 0])).floor()
-    y1 = (torch.rand(NUM_OBJECTS, generator=generator) * (HEIGHT - sizes[:, 1])).floor()
-    boxes = torch.stack([x1, y1, x1 + sizes[:, 0], y1 + sizes[:, 1]], dim=1)
-    masks = torch.zeros((NUM_OBJECTS, HEIGHT, WIDTH), dtype=torch.uint8)
-    for mask, (a, b, c, d) in zip(masks, boxes.long().tolist()):
-        mask[b:d, a:c] = 1
-    labels = torch.randint(1, NUM_CLASSES + 1, (NUM_OBJECTS,), generator=generator)
-    return image, {"boxes": boxes, "labels": labels, "masks": masks}
+    return image, synthetic_targets(generator, "cpu")
 
 
 def build_models(names):
