@@ -334,9 +334,9 @@ class Predictor:
         results = [self._instances(d, p, item, size)
                    for d, p, item, size in zip(detections, probabilities, decoded, batch.image_sizes)]
         if getattr(heads, "num_attributes", 0) > 0:
-            scores = heads.attribute_probabilities(pooled_levels, [d["boxes"] for d in detections], batch.image_sizes)
-            counts = [s.shape[0] for s in scores]
-            scores = torch.cat(scores).cpu().split(counts)  # (K, A): one device-to-host copy
+            boxes = [d["boxes"] for d in detections]
+            scores = heads.attribute_probabilities(pooled_levels, boxes, batch.image_sizes)  # (K, A)
+            scores = scores.cpu().split([b.shape[0] for b in boxes])  # one device-to-host copy, then per image
             for instances, image_scores in zip(results, scores):
                 self._attach_attributes(instances, image_scores)
         return results
@@ -374,8 +374,11 @@ class Predictor:
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, item.height)
         box_list = boxes.tolist()
         labels, scores = detection["labels"].tolist(), detection["scores"].tolist()
-        rles = [crop_rle(np.zeros((0, 0), dtype=bool), (0, 0, 0, 0), original_size) for _ in box_list]  # no masks
-        if probabilities is not None:
+        if probabilities is None:  # no mask branch: empty masks
+            empty = crop_rle(np.zeros((0, 0), dtype=bool), (0, 0, 0, 0), original_size)
+            rles = [dict(empty) for _ in box_list]
+        else:
+            rles = [None] * len(box_list)
             for group in paste_groups(box_list, PASTE_BUDGET_PIXELS):
                 index = torch.tensor(group, device=boxes.device)
                 pasted = paste_masks_in_crops(probabilities[index], boxes[index], original_size)

@@ -129,17 +129,18 @@ class ROIHeads(nn.Module):
             for detection, masks in zip(detections, mask_probabilities(logits, [d["labels"] for d in detections])):
                 detection["masks"] = masks  # (K_i, 1, 28, 28)
         if self.num_attributes > 0:
-            scores = self.attribute_probabilities(features, [d["boxes"] for d in detections], image_sizes)
-            for detection, image_scores in zip(detections, scores):
+            boxes = [d["boxes"] for d in detections]
+            scores = self.attribute_probabilities(features, boxes, image_sizes)  # (K, A), all images
+            for detection, image_scores in zip(detections, scores.split([b.shape[0] for b in boxes])):
                 detection["attribute_scores"] = image_scores  # (K_i, A) float32
         return detections
 
     def attribute_probabilities(self, features: List[Tensor], boxes: List[Tensor], image_sizes: List[Size]
-                                ) -> List[Tensor]:
-        """Per image ``(K_i, A)`` float32 attribute probabilities (sigmoids) of the boxes ``boxes`` (the
-        detections): they are pooled once more (the box pooler) and read by the attribute head."""
+                                ) -> Tensor:
+        """``(K, A)`` float32 attribute probabilities (sigmoids) of the boxes ``boxes`` (the detections, ``K``
+        of all images in order): they are pooled once more (the box pooler) and read by the attribute head."""
         logits = self.attribute_head(self.box_pooler(features, boxes, image_sizes))  # (K, D, 7, 7) -> (K, A)
-        return list(torch.sigmoid(logits.float()).split([b.shape[0] for b in boxes]))
+        return torch.sigmoid(logits.float())
 
     # ---------------------------------------------------------------------------------------- training
     def sample_rois(self, proposals: List[Tensor], targets: List[Dict[str, Tensor]]):

@@ -71,7 +71,7 @@ def ground_truth_predictions(model, dataset, records):
             images, targets = collate([dataset[index]])
             batch, scaled = model.transform(images, targets)  # boxes follow the image's resize
             features = model.backbone(batch.tensors)[:NUM_POOLED_LEVELS]
-            scores = heads.attribute_probabilities(features, [scaled[0]["boxes"]], batch.image_sizes)[0]  # (G, A)
+            scores = heads.attribute_probabilities(features, [scaled[0]["boxes"]], batch.image_sizes)  # (G, A)
             objects = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
             assert len(objects) == scores.shape[0]
             encoded.append({"image_id": record["image_id"], "boxes": [a["bbox"] for a in objects],
