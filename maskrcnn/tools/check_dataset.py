@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from maskrcnn.data.attributes import attribute_table_for, unknown_attribute_ids
+from maskrcnn.data.attributes import attribute_table_for, select_supercategories, unknown_attribute_ids
 from maskrcnn.data.load import load_dataset, split_options
 from maskrcnn.data.problems import Problem, Problems
 from maskrcnn.data.dataset import decode_image
@@ -171,10 +171,10 @@ def check_attributes(report: CheckReport, attributes: str, annotations, format: 
     Ids absent from the whole table are problems; ids only left out by the ``supercategories`` selection
     go to ``report.unselected_attributes``. ValueError when the table cannot be read.
     """
-    table = attribute_table_for(attributes, annotations, format, label_descriptions, supercategories)
-    if table is None:
+    full = attribute_table_for(attributes, annotations, format, label_descriptions)  # the table file, read once
+    if full is None:
         return
-    full = attribute_table_for(attributes, annotations, format, label_descriptions) if supercategories else table
+    table = select_supercategories(full, list(supercategories))
     report.attribute_table = f"{len(table)} attributes of {table.path or attributes}" + (
         f" (supercategories {list(supercategories)} of {len(full)})" if supercategories else "")
     records = report.dataset.records
